@@ -1,0 +1,571 @@
+"""The trainer: one readable set-up and loop, from an experiment config to checkpoints and metrics.
+
+    trainer = Trainer(config, workdir)     # logging, mesh, input, model & optimizer, shard, step
+    result = trainer.run()                 # evals + loop; resumes from <workdir>/checkpoints
+
+The quantized ANN (or an STBP baseline, by `config.model.neuron_kind`) trains with softmax cross-
+entropy on the input pipeline's `target` (one-hot, possibly smoothed or mixed). The update step is one
+`jax.jit` with donated state and explicit in/out shardings; it is traced once. Per-step randomness is
+`fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would.
+
+Trainer keys of the config (see `base_config` for defaults): `seed`, `total_steps` or
+`total_epochs`, `input.batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
+clipping, accumulation, EMA), `schedule.*`, `mesh`, `sharding_rules`, `log_every_steps`, `ckpt.*`,
+`evals.*`. The model is built by `model.build(config.model)`, the input by
+`data.build_iterator(config, ...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ge2ms_jax import checkpoint as ckpt_lib
+from ge2ms_jax import config_utils
+from ge2ms_jax import metrics as metrics_lib
+from ge2ms_jax import sharding as sharding_lib
+
+_log = logging.getLogger(__name__)
+
+# Parameters that take no weight decay: biases, BatchNorm scales, neuron thresholds.
+DEFAULT_WD_EXCLUDE = (r"(^|/)bias$", r"(^|/)scale$", r"theta", r"threshold")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The trainer's part of an experiment config, with defaults; experiments add model and data."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 0            # > 0 wins over total_epochs.
+  c.total_epochs = 1.0
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 128     # Global, over all processes and devices.
+
+  c.optax = ml_collections.ConfigDict()
+  c.optax.name = "adamw"       # "adamw" | "sgd"
+  c.optax.lr = 1e-3            # Peak learning rate.
+  c.optax.b1 = 0.9
+  c.optax.b2 = 0.999
+  c.optax.eps = 1e-8
+  c.optax.momentum = 0.9       # sgd only.
+  c.optax.nesterov = False     # sgd only.
+  c.optax.wd = 0.05            # Decoupled for adamw, L2 added to the gradient for sgd.
+  c.optax.wd_exclude = list(DEFAULT_WD_EXCLUDE)
+  c.optax.clip_norm = 1.0      # Global-norm clipping; 0 disables.
+  c.optax.grad_accum_steps = 1
+  c.optax.ema_decay = 0.0      # 0 disables the EMA of the parameters.
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.decay_type = "cosine"  # "cosine" | "linear" | "constant"
+  c.schedule.warmup_steps = 0
+  c.schedule.warmup_epochs = 0.0    # Used when warmup_steps is 0.
+  c.schedule.min_lr_ratio = 0.0     # Final lr = lr * min_lr_ratio.
+
+  c.mesh = [("data", -1), ("fsdp", 1)]
+  c.sharding_rules = [(".*", "fsdp")]
+
+  c.log_every_steps = 50
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every_steps = 1000    # 0: only at the end (and on preemption).
+  c.ckpt.keep = 3
+  c.ckpt.keep_period = 0       # Also keep every checkpoint at a multiple of this step (0: off).
+  c.ckpt.async_save = True
+
+  c.evals = ml_collections.ConfigDict()
+  c.evals.every_steps = 1000   # 0: only at the end.
+  c.evals.split = "test"
+  c.evals.batch_size = 256
+  return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state
+# ---------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the input position.
+
+  Attributes:
+    step: int32 [] number of update steps taken.
+    params: the model's trainable parameters (float32).
+    model_state: the model's other variable collections, e.g. `{"batch_stats": ...}`.
+    opt_state: the optax state.
+    ema_params: exponential moving average of `params`, or `{}` when disabled.
+    rng: uint32 key data of the run's base PRNG key; step `s` uses `fold_in(key, s)`.
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `Trainer.run` returns."""
+  status: str                       # "done" or "preempted".
+  step: int
+  state: TrainState
+  history: list[dict[str, float]]   # The logged training metrics, one dict per logged step.
+  evals: list[dict[str, float]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer pieces (pure functions of the config)
+# ---------------------------------------------------------------------------------------------
+def make_schedule(config: ml_collections.ConfigDict, total_updates: int,
+                  updates_per_epoch: float) -> optax.Schedule:
+  """Learning-rate schedule over optimizer updates: linear warm-up, then cosine/linear/constant.
+
+  Args:
+    config: the experiment config (`optax.lr`, `schedule.*`).
+    total_updates: the number of optimizer updates of the run (steps / accumulation).
+    updates_per_epoch: optimizer updates per epoch, for `schedule.warmup_epochs`.
+  """
+  sc, peak = config.schedule, config.optax.lr
+  warmup = int(sc.warmup_steps or round(sc.warmup_epochs * updates_per_epoch))
+  if warmup > total_updates:
+    raise ValueError(f"schedule warm-up of {warmup} updates exceeds the run's {total_updates} "
+                     "updates; shorten schedule.warmup_steps / warmup_epochs.")
+  end = peak * sc.min_lr_ratio
+  rest = max(1, total_updates - warmup)
+  if sc.decay_type == "cosine":
+    decay = optax.cosine_decay_schedule(peak, rest, alpha=sc.min_lr_ratio)
+  elif sc.decay_type == "linear":
+    decay = optax.linear_schedule(peak, end, rest)
+  elif sc.decay_type == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"schedule.decay_type={sc.decay_type!r}; use 'cosine', 'linear' or 'constant'.")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def weight_decay_mask(params: Any, exclude: Any) -> Any:
+  """Pytree of bools: True where weight decay applies (the path matches none of `exclude`)."""
+  regexes = [re.compile(p) for p in exclude]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(r.search(sharding_lib.path_str(path)) for r in regexes), params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  """Clipping → AdamW or SGD+momentum with masked weight decay, wrapped for accumulation."""
+  o = config.optax
+  mask = functools.partial(weight_decay_mask, exclude=tuple(o.wd_exclude))
+  parts = []
+  if o.clip_norm and o.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(o.clip_norm))
+  if o.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.wd, mask=mask))
+  elif o.name == "sgd":
+    if o.wd:
+      parts.append(optax.add_decayed_weights(o.wd, mask=mask))
+    parts.append(optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
+  else:
+    raise ValueError(f"optax.name={o.name!r}; use 'adamw' or 'sgd'.")
+  tx = optax.chain(*parts)
+  if o.grad_accum_steps < 1:
+    raise ValueError(f"optax.grad_accum_steps must be >= 1, got {o.grad_accum_steps}.")
+  if o.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum_steps)
+  return tx
+
+
+def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+  variables = dict(variables)
+  return variables.pop("params"), variables
+
+
+def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   config: ml_collections.ConfigDict) -> Callable:
+  """The pure update step `(state, batch) -> (state, metrics)`.
+
+  `batch`: `"image"` f32 [B, H, W, C], `"label"` i32 [B], `"target"` f32 [B, K].
+  `metrics`: scalars `loss`, `accuracy`, `grad_norm`, `lr`.
+  """
+  ema_decay = float(config.optax.ema_decay)
+  accum = int(config.optax.grad_accum_steps)
+
+  def update(state: TrainState, batch: Mapping[str, jax.Array]):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    mutable = list(state.model_state)
+
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+      if mutable:
+        logits, new_model_state = net.apply(variables, batch["image"], train=True, mutable=mutable,
+                                            rngs={"dropout": rng})
+      else:
+        logits = net.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
+        new_model_state = {}
+      logits = logits.astype(jnp.float32)  # The loss in float32 also under bf16 compute.
+      loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["target"]))
+      return loss, (logits, new_model_state)
+
+    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema_decay:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              model_state=dict(new_model_state), opt_state=opt_state,
+                              ema_params=ema)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)),
+        "grad_norm": optax.tree.norm(grads),
+        "lr": schedule(state.step // accum),
+    }
+    return new_state, metrics
+
+  return update
+
+
+def make_eval_fn(net) -> Callable:
+  """The pure eval step `(params, model_state, batch) -> sums` over the real (mask=1) examples.
+
+  `batch`: `"image"`, `"label"`, `"target"`, and `"mask"` f32 [B] (0 for padding).
+  Returns `{"correct", "count", "loss_sum"}` float32 scalars.
+  """
+  def evaluate(params, model_state, batch):
+    logits = net.apply({"params": params, **model_state}, batch["image"], train=False)
+    logits = logits.astype(jnp.float32)
+    mask = batch["mask"] if "mask" in batch else jnp.ones(batch["label"].shape, jnp.float32)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    xent = optax.softmax_cross_entropy(logits, batch["target"])
+    return {"correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
+            "loss_sum": jnp.sum(xent * mask)}
+  return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+# Run length
+# ---------------------------------------------------------------------------------------------
+def num_examples(info: Any, split: str) -> int:
+  """The number of examples of `split` from `data.dataset_info(config)`."""
+  counts = info["num_examples"] if isinstance(info, Mapping) else getattr(info, "num_examples")
+  if split not in counts:
+    raise ValueError(f"dataset has no split {split!r}; it has {sorted(counts)}.")
+  return int(counts[split])
+
+
+def run_length(config: ml_collections.ConfigDict, info: Any, train_split: str = "train"
+               ) -> tuple[int, float]:
+  """Returns (total steps, steps per epoch) from `total_steps` or `total_epochs`."""
+  steps_per_epoch = num_examples(info, train_split) / config.input.batch_size if info else float("nan")
+  if config.total_steps and config.total_steps > 0:
+    return int(config.total_steps), steps_per_epoch
+  if not info or not math.isfinite(steps_per_epoch):
+    raise ValueError("config.total_steps is 0, so total_epochs needs the dataset size, which "
+                     "data.dataset_info did not give; set config.total_steps.")
+  total = int(math.ceil(config.total_epochs * steps_per_epoch))
+  if total < 1:
+    raise ValueError(f"config.total_epochs={config.total_epochs} gives {total} steps.")
+  return total, steps_per_epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+def _default_data_module():
+  from ge2ms_jax import data  # pylint: disable=g-import-not-at-top
+  return data
+
+
+def _default_net(config):
+  from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
+  return models.build(config.model)
+
+
+def _train_split(config) -> str:
+  return config.input.get("split", "train")
+
+
+class Trainer:
+  """Sets up a training run; `run()` trains (resuming from `<workdir>/checkpoints` if present).
+
+  Args:
+    config: the experiment config.
+    workdir: where checkpoints, metrics and the config go.
+    net: the Flax module (default: `model.build(config.model)`).
+    data_module: provides `dataset_info(config)` and `build_iterator(config, ...)` (default:
+      `ge2ms_jax.data`).
+    devices: the devices of the mesh (default: all).
+    wrap_update: applied to the pure update function before `jax.jit` (tests pass
+      `chex.assert_max_traces(n=1)`).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, net=None,
+               data_module=None, devices=None, wrap_update: Callable | None = None):
+    self.config = config
+    self.workdir = os.fspath(workdir)
+    self.is_primary = jax.process_index() == 0
+
+    # ----------------------------------------------------------------------------------------
+    # Logging: the workdir, the config as JSON, metric writers.
+    # ----------------------------------------------------------------------------------------
+    os.makedirs(self.workdir, exist_ok=True)
+    self._save_config()
+    self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_primary)
+
+    # ----------------------------------------------------------------------------------------
+    # Mesh: ("data", "fsdp") over the devices; batches split over both.
+    # ----------------------------------------------------------------------------------------
+    self.mesh = sharding_lib.make_mesh(config.mesh, devices)
+    self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
+    self.replicated = sharding_lib.replicated(self.mesh)
+    self.batch_size = config.input.batch_size
+    sharding_lib.check_batch_size(self.batch_size, self.mesh, "input.batch_size")
+    sharding_lib.check_batch_size(config.evals.batch_size, self.mesh, "evals.batch_size")
+    _log.info("mesh %s over %d devices (%d processes)", dict(self.mesh.shape), self.mesh.size,
+              jax.process_count())
+
+    # ----------------------------------------------------------------------------------------
+    # Input: the training iterator; the first batch gives the input shapes.
+    # ----------------------------------------------------------------------------------------
+    self.data = data_module if data_module is not None else _default_data_module()
+    info = self.data.dataset_info(config)
+    self.total_steps, self.steps_per_epoch = run_length(config, info, _train_split(config))
+    self.train_iter = self.data.build_iterator(
+        config, split=_train_split(config), global_batch_size=self.batch_size,
+        sharding=self.batch_sharding, seed=config.seed, train=True, num_epochs=None)
+    start = self.train_iter.get_state()
+    first = next(self.train_iter)
+    self.train_iter.set_state(start)  # Rewind: the peeked batch is trained on in order.
+    self.batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in first.items()}
+    _log.info("input: %s, %d steps (%.2f epochs at %.1f steps/epoch)",
+              {k: (v.shape, str(v.dtype)) for k, v in self.batch_spec.items()}, self.total_steps,
+              self.total_steps / self.steps_per_epoch if self.steps_per_epoch else float("nan"),
+              self.steps_per_epoch)
+
+    # ----------------------------------------------------------------------------------------
+    # Model & optimizer.
+    # ----------------------------------------------------------------------------------------
+    self.net = net if net is not None else _default_net(config)
+    accum = config.optax.grad_accum_steps
+    total_updates = max(1, self.total_steps // max(1, accum))
+    self.schedule = make_schedule(config, total_updates, self.steps_per_epoch / max(1, accum)
+                                  if math.isfinite(self.steps_per_epoch) else 0.0)
+    self.tx = make_optimizer(config, self.schedule)
+
+    def init(rng_data):
+      rng = jax.random.wrap_key_data(rng_data)
+      image = jnp.zeros(self.batch_spec["image"].shape, self.batch_spec["image"].dtype)
+      params_rng, dropout_rng = jax.random.split(rng)
+      variables = self.net.init({"params": params_rng, "dropout": dropout_rng}, image, train=False)
+      params, model_state = _split_variables(variables)
+      ema = jax.tree.map(jnp.copy, params) if config.optax.ema_decay else {}
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                        opt_state=self.tx.init(params), ema_params=ema, rng=rng_data)
+
+    self._init = init
+    rng_data = jax.random.key_data(jax.random.key(config.seed))
+    self.state_shapes = jax.eval_shape(init, rng_data)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state_shapes.params))
+    _log.info("model %s: %s parameters", type(self.net).__name__, f"{num_params:,}")
+
+    # ----------------------------------------------------------------------------------------
+    # Shard & transfer: shardings of every state leaf from the rules; init on the mesh.
+    # ----------------------------------------------------------------------------------------
+    self.state_shardings = sharding_lib.infer_shardings(self.state_shapes, self.mesh,
+                                                        config.sharding_rules)
+    self.abstract_state = sharding_lib.abstract(self.state_shapes, self.state_shardings)
+    for line in sharding_lib.describe(self.state_shapes.params, self.state_shardings.params):
+      _log.debug("param %s", line)
+    self._init_jit = jax.jit(init, in_shardings=self.replicated, out_shardings=self.state_shardings)
+    self._rng_data = rng_data
+
+    # ----------------------------------------------------------------------------------------
+    # Update step: one jit, state donated, shardings fixed, traced once.
+    # ----------------------------------------------------------------------------------------
+    update = make_update_fn(self.net, self.tx, self.schedule, config)
+    if wrap_update is not None:
+      update = wrap_update(update)
+    self.update_fn = jax.jit(update, donate_argnums=(0,),
+                             in_shardings=(self.state_shardings, self.batch_sharding),
+                             out_shardings=(self.state_shardings, self.replicated))
+    self.eval_fn = jax.jit(make_eval_fn(self.net),
+                           in_shardings=(self.state_shardings.params,
+                                         self.state_shardings.model_state, self.batch_sharding),
+                           out_shardings=self.replicated)
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoint: resume from the newest readable checkpoint in the workdir, else initialize.
+    # ----------------------------------------------------------------------------------------
+    c = config.ckpt
+    self.checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(self.workdir, "checkpoints"), max_to_keep=c.keep or None,
+        keep_period=c.keep_period or None, async_save=c.async_save)
+    self.state = None
+    if self.checkpointer.latest_step() is not None:
+      restored = self.checkpointer.restore(self.abstract_state)
+      self.state = restored.state
+      if restored.data_state is not None:
+        self.train_iter.set_state(restored.data_state)
+      _log.info("resumed from step %d of %s", restored.step, self.checkpointer.directory)
+    if self.state is None:
+      self.state = self._init_jit(self._rng_data)
+    self.step = int(jax.device_get(self.state.step))
+
+  # ------------------------------------------------------------------------------------------
+  def _save_config(self) -> None:
+    path = os.path.join(self.workdir, "config.json")
+    text = config_utils.to_json(self.config)
+    if os.path.exists(path):
+      with open(path) as f:
+        try:
+          old = json.load(f)
+        except json.JSONDecodeError:
+          old = None
+      if old is not None:
+        changed = config_utils.diff(config_utils.flatten(old),
+                                    config_utils.flatten(json.loads(text)))
+        for key, (before, after) in changed.items():
+          _log.warning("config differs from the one saved in the workdir: %s: %r -> %r",
+                       key, before, after)
+    if self.is_primary:
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        f.write(text)
+      os.replace(tmp, path)
+
+  # ------------------------------------------------------------------------------------------
+  # Evals
+  # ------------------------------------------------------------------------------------------
+  def evaluate(self, state: TrainState | None = None) -> dict[str, float]:
+    """QANN top-1 (and loss) on `config.evals.split`, masked; with EMA weights too if enabled."""
+    state = self.state if state is None else state
+    return evaluate_params(self.eval_fn, self.data, self.config, self.batch_sharding, state)
+
+  # ------------------------------------------------------------------------------------------
+  # Loop
+  # ------------------------------------------------------------------------------------------
+  def run(self, callback: Callable[[int, "Trainer"], None] | None = None) -> TrainResult:
+    """Trains to `total_steps`, logging, evaluating and checkpointing on the way.
+
+    Args:
+      callback: called as `callback(step, trainer)` after every step (tests use it to interrupt).
+
+    Returns:
+      A `TrainResult`; its status is "preempted" when a SIGTERM / preemption notice stopped the run
+      after saving a checkpoint (run the same command again to resume).
+    """
+    config = self.config
+    log_every = max(1, config.log_every_steps)
+    ckpt_every = config.ckpt.every_steps
+    eval_every = config.evals.every_steps
+    progress = metrics_lib.Progress(self.total_steps, self.step, self.batch_size)
+    watcher = ckpt_lib.PreemptionWatcher()
+    history, evals = [], []
+    status = "done"
+    pending = None
+    try:
+      with jax.set_mesh(self.mesh):
+        while self.step < self.total_steps:
+          batch = next(self.train_iter)
+          self.state, step_metrics = self.update_fn(self.state, batch)
+          self.step += 1
+          if pending is not None:  # The previous logged step's metrics, fetched one step late.
+            history.append(self._log_metrics(*pending, progress))
+            pending = None
+          if self.step % log_every == 0 or self.step == self.total_steps:
+            pending = (self.step, step_metrics)
+          if eval_every and self.step % eval_every == 0 and self.step != self.total_steps:
+            evals.append(self._log_eval(progress))
+          preempted = watcher.reached(self.step)
+          if preempted or self.step == self.total_steps or (ckpt_every and self.step % ckpt_every == 0):
+            self.checkpointer.save(self.step, self.state, self.train_iter.get_state())
+          if callback is not None:
+            callback(self.step, self)
+          if preempted:
+            status = "preempted"
+            progress.message(f"stopped at step {self.step} on a preemption notice; checkpoint "
+                             "saved. Run the same command again to resume.")
+            break
+        if pending is not None:
+          history.append(self._log_metrics(*pending, progress))
+        if status == "done":
+          evals.append(self._log_eval(progress))
+    finally:
+      watcher.close()
+      self.checkpointer.wait()
+      self.writer.flush()
+    return TrainResult(status=status, step=self.step, state=self.state, history=history, evals=evals)
+
+  def _log_metrics(self, step: int, step_metrics: Mapping[str, jax.Array],
+                   progress: metrics_lib.Progress) -> dict[str, float]:
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    if not math.isfinite(values["loss"]):
+      raise FloatingPointError(f"training loss is {values['loss']} at step {step}; lower "
+                               "optax.lr, enable optax.clip_norm, or check the input.")
+    values["epoch"] = step / self.steps_per_epoch if self.steps_per_epoch else float("nan")
+    rates = progress.update(step, {"loss": values["loss"], "lr": values["lr"]}, force=True)
+    values.update({k: v for k, v in rates.items() if k != "eta_sec"})
+    self.writer.write(step, {f"train/{k}": v for k, v in values.items()})
+    return {"step": step, **values}
+
+  def _log_eval(self, progress: metrics_lib.Progress) -> dict[str, float]:
+    result = self.evaluate()
+    self.writer.write(self.step, {f"eval/{k}": v for k, v in result.items()})
+    self.writer.flush()
+    progress.message(f"eval at step {self.step}: " +
+                     " ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    return {"step": self.step, **result}
+
+  def close(self) -> None:
+    """Waits for checkpoint writes and closes files."""
+    self.checkpointer.close()
+    self.writer.close()
+
+
+def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.ConfigDict,
+                    batch_sharding, state: TrainState) -> dict[str, float]:
+  """Runs `eval_fn` over one pass of the eval split; returns top-1 (and EMA top-1) and loss."""
+  variants = {"": state.params}
+  if config.optax.ema_decay and state.ema_params:
+    variants["_ema"] = state.ema_params
+  out = {}
+  for suffix, params in variants.items():
+    it = data_module.build_iterator(config, split=config.evals.split,
+                                    global_batch_size=config.evals.batch_size,
+                                    sharding=batch_sharding, seed=config.seed, train=False,
+                                    num_epochs=1)
+    totals = None
+    for batch in it:
+      sums = eval_fn(params, state.model_state, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      raise ValueError(f"the eval split {config.evals.split!r} gave no batches.")
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    out[f"top1{suffix}"] = float(totals["correct"]) / max(count, 1.0)
+    out[f"loss{suffix}"] = float(totals["loss_sum"]) / max(count, 1.0)
+    out["num_examples"] = count
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
+  """Builds a `Trainer` and runs it to the end (or to a preemption notice)."""
+  trainer = Trainer(config, workdir, **kwargs)
+  try:
+    return trainer.run()
+  finally:
+    trainer.close()
