@@ -299,11 +299,14 @@ def expg_quantize(x: Array, theta: Any, base: int, groups: int) -> Array:
 def _spikes_scan(v: Array, base: int, groups: int) -> Array:
   """lax.scan over the G groups; carry = integer membrane; emits [G, b-1, ...] spikes."""
   places = jnp.asarray(base ** np.arange(groups - 1, -1, -1), jnp.int32)
-  ranks = jnp.arange(base - 1, dtype=jnp.int32).reshape((-1,) + (1,) * v.ndim)
+  levels = jnp.arange(1, base, dtype=jnp.int32).reshape((-1,) + (1,) * v.ndim)
 
   def group(v, place):
-    digit = jnp.clip(v // place, 0, base - 1)
-    return v - digit * place, ranks < digit[None]
+    # Spike r fires iff v >= (r + 1) * place, so the digit clip(v // place, 0, b - 1) is the number
+    # of spikes: b - 1 vector compares instead of an integer division, which CPUs cannot vectorize.
+    fire = v[None] >= levels * place
+    digit = jnp.sum(fire, axis=0, dtype=jnp.int32)
+    return v - digit * place, fire
 
   _, spikes = jax.lax.scan(group, v, places)
   return spikes.reshape((groups * (base - 1),) + v.shape)
@@ -328,12 +331,19 @@ def _spikes_closed(n: Array, base: int, groups: int) -> Array:
   modulus = place * base
   thresholds = (rank + 1) * place
   shape = (-1,) + (1,) * n.ndim
-  n = n.astype(jnp.int32)[None]
+  n_int = n.astype(jnp.int32)[None]
   if base & (base - 1) == 0:
     # Power-of-two base: the modulus is a bit mask.
-    rem = n & jnp.asarray(modulus - 1, jnp.int32).reshape(shape)
+    rem = n_int & jnp.asarray(modulus - 1, jnp.int32).reshape(shape)
   else:
-    rem = n % jnp.asarray(modulus, jnp.int32).reshape(shape)
+    # n mod m without an integer division (CPUs have no vector form of it): for 0 <= n < 2**24 the
+    # float quotient n * fl(1/m) is within 2/m < 1 of n/m, so its floor is off by at most one, which
+    # the exact int32 remainder then corrects.
+    m = jnp.asarray(modulus, jnp.int32).reshape(shape)
+    inv = jnp.asarray(1.0 / modulus, n.dtype).reshape(shape)
+    rem = n_int - jnp.floor(n[None] * inv).astype(jnp.int32) * m
+    rem = jnp.where(rem < 0, rem + m, rem)
+    rem = jnp.where(rem >= m, rem - m, rem)
   return rem >= jnp.asarray(thresholds, jnp.int32).reshape(shape)
 
 
