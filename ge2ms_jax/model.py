@@ -1,0 +1,368 @@
+"""The Ge2mS-T network (METHOD.md §3): a hierarchical hybrid of spiking convolutions and GW-SSA.
+
+    image -> stem (conv3x3 + BN + neuron; the only layer that sees real values)
+          -> stage 0..k-1, each: downsample (conv3x3 stride s + BN + neuron), then `depth` blocks
+               conv block:  x = N(x + BN(pw(N(BN(dw3x3(x))))))                      token mixer
+                            x = N(x + BN(pw(N(BN(dw3x3(N(BN(pw_up(x)))))))))         conv-FFN
+               attn block:  q, k, v = N(BN(pw(x)))
+                            x = N(x + BN(pw(N(GW-SSA(q, k, v) + BN(dw3x3(v))))))    hybrid attention
+                            x = N(x + BN(pw(N(BN(pw_up(x))))))                      MLP
+          -> per-token linear head -> mean over tokens -> logits
+
+`N` is a neuron site (ExpG quantizer for training, ExpG-IF after conversion, IF/LIF for STBP); the
+residual stream carries neuron outputs, and each addition is integrated by the next neuron (an
+identity synapse in the SNN). Only conversion-safe operators appear: convolutions, BatchNorm (folded
+at conversion), additions, a mean, and neurons; no LayerNorm, softmax, max-pool or GELU.
+
+Variants (`VARIANTS`): `tiny` (28x28 / 32x32, under 2M parameters), `s` (32x32 and ImageNet 224),
+`b` (ImageNet 224, about 64M parameters). `build(config)` returns the Flax module; `count(config)`
+reports parameters and MACs per image without allocating.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ge2ms_jax import attention
+from ge2ms_jax import layers as L
+from ge2ms_jax import spikes as sp
+
+Array = jax.Array
+
+# Each variant: stem channels, per-stage (kind, dim, depth, stride), attention layout, resolutions.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(stem_channels=32, kinds=("conv", "attn"), dims=(64, 192), depths=(1, 2),
+                 head_dim=32, window_sizes=(2, 4, 0), heads_per_window=(2, 2, 2), mlp_ratio=4,
+                 image_sizes=(28, 32)),
+    "s": dict(stem_channels=48, kinds=("conv", "conv", "attn"), dims=(96, 192, 384), depths=(1, 2, 6),
+              head_dim=32, window_sizes=(2, 4, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
+              image_sizes=(32, 64, 224)),
+    "b": dict(stem_channels=96, kinds=("conv", "conv", "attn"), dims=(192, 384, 768), depths=(1, 2, 8),
+              head_dim=64, window_sizes=(2, 7, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
+              image_sizes=(224, 256, 288, 384)),
+}
+STAGE_KINDS = ("conv", "attn")
+
+
+def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+  """The model config of a variant (the `config.model` of an experiment).
+
+  Fields: `variant`, `num_classes`, `image_size`, `in_channels`, `dtype` ("float32" | "bfloat16"),
+  the architecture (`stem_channels`, `kinds`, `dims`, `depths`, `head_dim`, `window_sizes` with 0 =
+  global, `heads_per_window`, `mlp_ratio`, `attn_shift` = -1 for automatic), and the neurons:
+  `neuron` (default `base`, `groups`, `theta_init`, `per_channel`, `method`), `neuron_overrides`
+  ("REGEX=BASE,GROUPS;..." on site names such as "stage1/block0/attn_q"), and for the STBP baseline
+  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `surrogate`, `alpha`, `reset`.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+  v = VARIANTS[variant]
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.num_classes = 10 if variant == "tiny" else 1000
+  c.image_size = v["image_sizes"][0]
+  c.in_channels = 1 if variant == "tiny" else 3
+  c.dtype = "float32"
+  c.stem_channels = v["stem_channels"]
+  c.kinds = v["kinds"]
+  c.dims = v["dims"]
+  c.depths = v["depths"]
+  c.head_dim = v["head_dim"]
+  c.window_sizes = v["window_sizes"]
+  c.heads_per_window = v["heads_per_window"]
+  c.mlp_ratio = v["mlp_ratio"]
+  c.attn_shift = -1
+  c.neuron = ml_collections.ConfigDict(dict(base=2, groups=4, theta_init=1.0, per_channel=False,
+                                            method="scan"))
+  c.neuron_overrides = ""
+  c.neuron_kind = "expg"
+  c.time_steps = 4
+  c.tau = 2.0
+  c.surrogate = "atan"
+  c.alpha = 2.0
+  c.reset = "soft"
+  return c
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ValueError(f"model config: {field}={value!r} is not allowed; {allowed}.")
+
+
+def neuron_codes(config: ml_collections.ConfigDict) -> L.NeuronCodes:
+  """The `NeuronCodes` (default spec + per-site overrides) of a model config."""
+  n = config.neuron
+  kind = config.get("neuron_kind", "expg")
+  if kind not in L.NEURON_KINDS:
+    _fail("neuron_kind", kind, f"choose one of {L.NEURON_KINDS}")
+  spec = L.NeuronSpec(base=n.base, groups=n.groups, theta_init=float(n.theta_init),
+                      per_channel=bool(n.per_channel), method=n.get("method", "scan"), kind=kind,
+                      time_steps=int(config.get("time_steps", 4)), tau=float(config.get("tau", 2.0)),
+                      surrogate=config.get("surrogate", "atan"), alpha=float(config.get("alpha", 2.0)),
+                      reset=config.get("reset", "soft"))
+  return L.NeuronCodes(default=spec, overrides=L.parse_overrides(config.get("neuron_overrides", "")))
+
+
+def stage_grids(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """Token grid `(H, W)` of each stage: the stem keeps small images' size and halves large ones
+  (> 64 px); every stage then halves the grid (rounding up, as the stride-2 'same' convs do)."""
+  s = int(config.image_size)
+  if s > 64:
+    s = math.ceil(s / 2)
+  grids = []
+  for _ in config.dims:
+    s = math.ceil(s / 2)
+    grids.append((s, s))
+  return grids
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a model config; raises ValueError naming the field and what is allowed."""
+  if config.variant not in VARIANTS:
+    _fail("variant", config.variant, f"choose one of {sorted(VARIANTS)}")
+  allowed = VARIANTS[config.variant]["image_sizes"]
+  if config.image_size not in allowed:
+    _fail("image_size", config.image_size, f"variant {config.variant!r} takes image sizes {allowed}")
+  if config.in_channels not in (1, 3):
+    _fail("in_channels", config.in_channels, "use 1 (grey) or 3 (RGB)")
+  if config.dtype not in ("float32", "bfloat16", "float64"):
+    _fail("dtype", config.dtype, "use 'float32', 'bfloat16', or 'float64' (verification, with jax x64 enabled)")
+  n = len(config.dims)
+  if not (len(config.kinds) == len(config.depths) == n):
+    _fail("kinds/dims/depths", (config.kinds, config.dims, config.depths), "give one entry per stage")
+  for kind in config.kinds:
+    if kind not in STAGE_KINDS:
+      _fail("kinds", config.kinds, f"each stage is one of {STAGE_KINDS}")
+  windows = attention.normalize_windows(config.window_sizes)
+  if sum(config.heads_per_window) <= 0 or len(config.heads_per_window) != len(windows):
+    _fail("heads_per_window", config.heads_per_window, f"give one head count per window size {windows}")
+  heads = sum(config.heads_per_window)
+  for kind, dim, (h, w) in zip(config.kinds, config.dims, stage_grids(config)):
+    if kind != "attn":
+      continue
+    if dim != heads * config.head_dim:
+      _fail("dims", config.dims, f"an attention stage needs dim = heads * head_dim = "
+            f"{heads} * {config.head_dim} = {heads * config.head_dim}")
+    for m in windows:
+      if m != attention.GLOBAL and m > max(h, w):
+        _fail("window_sizes", config.window_sizes, f"the {h}x{w} grid of this stage takes windows up to "
+              f"{max(h, w)} (or 0 for global)")
+  neuron_codes(config)
+
+
+def _shifts(config, grid_hw: tuple[int, int]) -> tuple[int, ...]:
+  """Attention output scale `2**-shift` per head group.
+
+  Automatic (`attn_shift = -1`): the product sums `tokens * head_dim` terms of spike values, each
+  about `1/16` on average at initialisation, so `shift = round(log2(tokens * d)) - 4` keeps the
+  output near unit scale.
+  """
+  if isinstance(config.attn_shift, (tuple, list)):
+    return tuple(int(s) for s in config.attn_shift)
+  if config.attn_shift >= 0:
+    return (int(config.attn_shift),) * len(config.window_sizes)
+  out = []
+  for m in attention.normalize_windows(config.window_sizes):
+    tokens = grid_hw[0] * grid_hw[1] if m == attention.GLOBAL else m * m
+    out.append(max(0, round(math.log2(tokens * config.head_dim)) - 4))
+  return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+class _Parts(nn.Module):
+  """Shared constructors of the blocks (mode, dtype, neuron codes)."""
+  codes: L.NeuronCodes
+  mode: str
+  dtype: Any
+
+  def syn(self, features, kernel_size=1, stride=1, groups=1, zero_init=False, first=False, name=None):
+    return L.SynapseBN(features, kernel_size, stride, groups, first=first, mode=self.mode,
+                       dtype=self.dtype, zero_init=zero_init, name=name)
+
+  def neuron(self, name, scalar_theta=False):
+    return L.Neuron(self.codes, self.mode, scalar_theta=scalar_theta, name=name)
+
+
+class ConvBlock(_Parts):
+  """Spiking depthwise-separable token mixer + conv-FFN, `[..., H, W, C] -> [..., H, W, C]`."""
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, x: Any, train: bool = False) -> Any:
+    c = L.spatial_shape(x)[-1]
+    h = self.neuron("mix_n_dw")(self.syn(c, 3, groups=c, name="mix_dw")(x, train))
+    h = self.syn(c, zero_init=True, name="mix_pw")(h, train)
+    x = self.neuron("mix_n_out")(L.add_to_current(self, h, x, "mix_shortcut"))
+    h = self.neuron("ffn_n_up")(self.syn(c * self.mlp_ratio, name="ffn_up")(x, train))
+    h = self.neuron("ffn_n_dw")(self.syn(c * self.mlp_ratio, 3, groups=c * self.mlp_ratio, name="ffn_dw")(h, train))
+    h = self.syn(c, zero_init=True, name="ffn_down")(h, train)
+    return self.neuron("ffn_n_out")(L.add_to_current(self, h, x, "ffn_shortcut"))
+
+
+class AttnBlock(_Parts):
+  """GW-SSA with a depthwise-conv branch on V, then an MLP, `[..., H, W, C] -> [..., H, W, C]`."""
+  head_dim: int = 32
+  window_sizes: tuple = (2, 4, 0)
+  heads_per_window: tuple = (1, 1, 1)
+  shifts: tuple = (0, 0, 0)
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, x: Any, train: bool = False) -> Any:
+    hh, ww, c = L.spatial_shape(x)
+    heads = sum(self.heads_per_window)
+    qkv = [self.neuron(f"attn_{n}", scalar_theta=True)(self.syn(c, name=f"attn_w{n}")(x, train))
+           for n in ("q", "k", "v")]
+    to_heads = lambda a: a.reshape(a.shape[:-3] + (hh * ww, heads, self.head_dim))  # noqa: E731
+    q, k, v = (L.map_activation(t, to_heads) for t in qkv)
+
+    names = iter(["p1", "p2"] * len(self.window_sizes))
+
+    def matmul(subscripts, a, b):
+      record = (lambda stats: self.sow("stats", f"attn_{next(names)}", stats)) if self.mode in L.FOLDED_MODES else None
+      return sp.spike_einsum(subscripts, a, b, record)
+
+    a = attention.gw_ssa(q, k, v, (hh, ww), self.window_sizes, self.heads_per_window, self.shifts,
+                         matmul=matmul)
+    a = a.reshape(a.shape[:-3] + (hh, ww, c))
+    if self.mode in L.FOLDED_MODES:
+      sp.note_cost(sp.LayerCost(name="/".join(self.path) + "/attn_products", kind="attention",
+                                macs=attention.attention_macs((hh, ww), self.head_dim, self.window_sizes,
+                                                              self.heads_per_window),
+                                fan_in=0, outputs=hh * ww * c))
+    conv = self.syn(c, 3, groups=c, name="attn_dw_v")(qkv[2], train)
+    h = self.neuron("attn_n_mix")(a.astype(conv.dtype) + conv)
+    h = self.syn(c, zero_init=True, name="attn_proj")(h, train)
+    x = self.neuron("attn_n_out")(L.add_to_current(self, h, x, "attn_shortcut"))
+    h = self.neuron("mlp_n_up")(self.syn(c * self.mlp_ratio, name="mlp_up")(x, train))
+    h = self.syn(c, zero_init=True, name="mlp_down")(h, train)
+    return self.neuron("mlp_n_out")(L.add_to_current(self, h, x, "mlp_shortcut"))
+
+
+class Stage(_Parts):
+  """A stride-2 downsampling conv + neuron, then `depth` conv or attention blocks."""
+  kind: str = "conv"
+  dim: int = 64
+  depth: int = 1
+  mlp_ratio: int = 4
+  head_dim: int = 32
+  window_sizes: tuple = (2, 4, 0)
+  heads_per_window: tuple = (1, 1, 1)
+  shifts: tuple = (0, 0, 0)
+
+  @nn.compact
+  def __call__(self, x: Any, train: bool = False) -> Any:
+    x = self.neuron("n_down")(self.syn(self.dim, 3, 2, name="down")(x, train))
+    parts = dict(codes=self.codes, mode=self.mode, dtype=self.dtype)
+    for j in range(self.depth):
+      if self.kind == "conv":
+        x = ConvBlock(**parts, mlp_ratio=self.mlp_ratio, name=f"block{j}")(x, train)
+      else:
+        x = AttnBlock(**parts, head_dim=self.head_dim, window_sizes=self.window_sizes,
+                      heads_per_window=self.heads_per_window, shifts=self.shifts,
+                      mlp_ratio=self.mlp_ratio, name=f"block{j}")(x, train)
+    return x
+
+
+class Ge2msNet(nn.Module):
+  """The Ge2mS-T network.
+
+  Attributes:
+    config: a model config (`default_config`), validated by `build`.
+    mode: "qann" (training), "fused" / "spike" (the converted SNN), "stbp" (baseline).
+
+  Call: `images [B, H, W, C]` float -> logits `[B, num_classes]` (float32; float64 for a float64 model).
+  """
+  config: Any
+  mode: str = "qann"
+
+  @nn.compact
+  def __call__(self, images: Array, train: bool = False) -> Array:
+    cfg = self.config
+    if images.ndim != 4 or images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.in_channels):
+      raise ValueError(f"images must be [B, {cfg.image_size}, {cfg.image_size}, {cfg.in_channels}] for this "
+                       f"config (variant {cfg.variant!r}), got shape {tuple(images.shape)}.")
+    dtype = jnp.dtype(cfg.dtype)
+    codes = neuron_codes(cfg)
+    parts = dict(codes=codes, mode=self.mode, dtype=dtype)
+    x = images.astype(dtype)
+    if self.mode == "stbp":  # direct encoding: the image is the input current of every step
+      x = jnp.broadcast_to(x[None], (codes.default.time_steps,) + x.shape)
+
+    large = cfg.image_size > 64
+    stem = L.SynapseBN(cfg.stem_channels, 3, 2 if large else 1, first=True, mode=self.mode, dtype=dtype,
+                       name="stem_conv")
+    x = L.Neuron(codes, self.mode, name="stem_n")(stem(x, train))
+    grids = stage_grids(cfg)
+    for i, (kind, dim, depth) in enumerate(zip(cfg.kinds, cfg.dims, cfg.depths)):
+      x = Stage(**parts, kind=kind, dim=dim, depth=depth, mlp_ratio=cfg.mlp_ratio, head_dim=cfg.head_dim,
+                window_sizes=attention.normalize_windows(cfg.window_sizes),
+                heads_per_window=tuple(cfg.heads_per_window), shifts=_shifts(cfg, grids[i]),
+                name=f"stage{i}")(x, train)
+    # The head is linear, so applying it to each token's spikes and then averaging equals averaging
+    # first; this order keeps every synaptic operand binary in the SNN.
+    head = L.Synapse(cfg.num_classes, 1, use_bias=True, mode=self.mode, dtype=dtype, name="head",
+                     kernel_init=nn.initializers.zeros_init())
+    logits = jnp.mean(head(x).astype(jnp.promote_types(dtype, jnp.float32)), axis=(-3, -2))
+    if self.mode == "stbp":
+      logits = jnp.mean(logits, axis=0)
+    return logits
+
+
+def build(config: ml_collections.ConfigDict, mode: str = "qann") -> Ge2msNet:
+  """Validates a model config and returns the network module.
+
+  Args:
+    config: `config.model` of an experiment (see `default_config`).
+    mode: "qann" | "fused" | "spike" | "stbp"; an STBP config (`neuron_kind` "if"/"lif") always builds
+      in "stbp" mode.
+
+  Returns:
+    a `Ge2msNet`: `net.init({"params": rng}, images, train=False)`,
+    `net.apply(variables, images, train=True, mutable=["batch_stats"])`.
+  """
+  validate(config)
+  if config.get("neuron_kind", "expg") != "expg":
+    if mode not in ("qann", "stbp"):
+      raise ValueError(f"an STBP model (neuron_kind={config.neuron_kind!r}) has no converted form; mode "
+                       f"{mode!r} needs neuron_kind='expg'.")
+    mode = "stbp"
+  L.check_mode(mode)
+  return Ge2msNet(config=config, mode=mode)
+
+
+def count(config: ml_collections.ConfigDict, image_size: int | None = None) -> dict[str, Any]:
+  """Parameters and per-image MACs of a config at a resolution, without allocating.
+
+  Args:
+    config: a model config; `image_size` overrides its resolution.
+
+  Returns:
+    `{"params": int, "macs": int, "first_layer_macs": int, "layers": [LayerCost, ...]}` with MACs
+    per image of the converted network as an ANN would compute it (attention products included).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  if image_size is not None:
+    config.image_size = image_size
+  config.neuron_kind = "expg"
+  net = build(config, mode="fused")
+  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
+  with sp.record_costs() as table:
+    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x), images)
+  params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"]))
+  # In the QANN the BatchNorm scale/bias sit where the folded bias is; count the trained parameters.
+  qann_shapes = jax.eval_shape(lambda x: build(config).init({"params": jax.random.key(0)}, x), images)
+  qann_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(qann_shapes["params"]))
+  # init traces the module once; the recorder saw each layer once.
+  macs = sum(c.macs for c in table)
+  return {"params": qann_params, "snn_params": params, "macs": macs,
+          "first_layer_macs": sum(c.macs for c in table if c.first), "layers": list(table)}
+

@@ -1,0 +1,136 @@
+"""The Ge2mS-T network: variants, shapes, training signal, and config errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ge2ms_jax import model as M
+
+
+def _images(cfg, batch=4, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (batch, cfg.image_size, cfg.image_size, cfg.in_channels))
+
+
+@pytest.mark.parametrize("variant,size,channels,classes", [
+    ("tiny", 28, 1, 10), ("tiny", 32, 3, 10), ("s", 32, 3, 100), ("s", 224, 3, 1000), ("b", 224, 3, 1000)])
+def test_output_shapes_of_every_variant(variant, size, channels, classes):
+  cfg = M.default_config(variant)
+  cfg.image_size, cfg.in_channels, cfg.num_classes = size, channels, classes
+  net = M.build(cfg)
+  x = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32)
+  variables = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x), x)
+  out = jax.eval_shape(lambda v, x: net.apply(v, x), variables, x)
+  assert out.shape == (2, classes) and out.dtype == jnp.float32
+
+
+def test_parameter_counts_and_macs():
+  tiny = M.count(M.default_config("tiny"))
+  assert tiny["params"] < 2_000_000
+  b = M.count(M.default_config("b"))
+  assert 55e6 <= b["params"] <= 70e6
+  assert b["macs"] > 50 * tiny["macs"]
+  # The stem is the only layer with real-valued input; its MACs are those of a 3x3 conv.
+  cfg = M.default_config("tiny")
+  assert tiny["first_layer_macs"] == 28 * 28 * cfg.stem_channels * 9 * 1
+  # Doubling the resolution of b (224 -> 384 is allowed) grows the MACs by about (384/224)^2.
+  b384 = M.count(M.default_config("b"), image_size=384)
+  assert 2.3 < b384["macs"] / b["macs"] < 3.4
+
+
+def test_tiny_forward_backward_and_loss_decreases():
+  cfg = M.default_config("tiny")
+  net = M.build(cfg)
+  x = _images(cfg, batch=8)
+  y = jnp.arange(8) % 10
+  variables = net.init({"params": jax.random.key(1)}, x)
+  params, stats = variables["params"], variables["batch_stats"]
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, stats, opt):
+    def loss_fn(p):
+      logits, upd = net.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+    (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), upd["batch_stats"], opt, loss, grads
+
+  losses = []
+  for _ in range(20):
+    params, stats, opt, loss, grads = step(params, stats, opt)
+    losses.append(float(loss))
+  # Once the zero-initialised head and residual branches have moved, every parameter, thresholds
+  # included, receives a gradient.
+  norms = jax.tree.map(lambda g: float(jnp.abs(g).sum()), grads)
+  dead = [jax.tree_util.keystr(p) for p, n in jax.tree_util.tree_leaves_with_path(norms) if n == 0]
+  assert not dead, dead
+  assert np.isfinite(losses).all()
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_neuron_overrides_select_codes_per_site():
+  cfg = M.default_config("tiny")
+  cfg.neuron_overrides = r"stage1/block0/attn_(q|k|v)$=4,2;stem=2,8"
+  codes = M.neuron_codes(cfg)
+  assert (codes.resolve("stage1/block0/attn_q").base, codes.resolve("stage1/block0/attn_q").groups) == (4, 2)
+  assert codes.resolve("stem_n").groups == 8
+  assert codes.resolve("stage1/block1/attn_q") == codes.default
+  # Different codes with the same level count give the same QANN function.
+  net_a, net_b = M.build(M.default_config("tiny")), M.build(cfg)
+  cfg_l = M.default_config("tiny")
+  cfg_l.neuron_overrides = r".*=4,2"   # L = 16 everywhere, like the default (2, 4)
+  x = _images(cfg)
+  v = net_a.init({"params": jax.random.key(0)}, x)
+  np.testing.assert_array_equal(net_a.apply(v, x), M.build(cfg_l).apply(v, x))
+
+
+def test_stbp_variant_runs_through_time():
+  cfg = M.default_config("tiny")
+  cfg.neuron_kind, cfg.time_steps = "lif", 3
+  net = M.build(cfg)
+  assert net.mode == "stbp"
+  x = _images(cfg, batch=2)
+  v = net.init({"params": jax.random.key(0)}, x)
+  assert "theta" not in str(jax.tree_util.tree_structure(v["params"]))
+  loss = lambda p: net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,  # noqa: E731
+                             mutable=["batch_stats"])[0]
+  logits, g = jax.jit(lambda p: (loss(p), jax.grad(lambda p: loss(p)[:, 0].sum())(p)))(v["params"])
+  assert logits.shape == (2, 10)
+  assert any(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree.leaves(g))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(variant="xl"), "unknown model variant 'xl'|variant='xl' is not allowed"),
+    (dict(image_size=64), "variant 'tiny' takes image sizes \\(28, 32\\)"),
+    (dict(in_channels=4), "in_channels=4 is not allowed"),
+    (dict(window_sizes=(2, 16, 0)), "window_sizes=.* the 7x7 grid of this stage takes windows up to 7"),
+    (dict(heads_per_window=(2, 2)), "one head count per window size"),
+    (dict(dims=(64, 100)), "dim = heads \\* head_dim"),
+    (dict(kinds=("conv", "mlp")), "each stage is one of"),
+    (dict(dtype="float16"), "dtype='float16' is not allowed"),
+    (dict(neuron_kind="relu"), "neuron_kind='relu' is not allowed"),
+    (dict(neuron_overrides="stem=2"), "expected 'REGEX=BASE,GROUPS'"),
+    (dict(neuron_overrides="stem=1,4"), "base must be an integer >= 2"),
+])
+def test_bad_configs_raise_clear_errors(change, match):
+  cfg = M.default_config("tiny")
+  for k, v in change.items():
+    setattr(cfg, k, v)
+  with pytest.raises(ValueError, match=match):
+    M.build(cfg)
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="choose one of \\['b', 's', 'tiny'\\]"):
+    M.default_config("base")
+  cfg = M.default_config("tiny")
+  net = M.build(cfg)
+  with pytest.raises(ValueError, match="images must be \\[B, 28, 28, 1\\].*got shape \\(2, 32, 32, 1\\)"):
+    net.init({"params": jax.random.key(0)}, jnp.zeros((2, 32, 32, 1)))
+  with pytest.raises(ValueError, match="got shape \\(2, 28, 28, 3\\)"):
+    net.init({"params": jax.random.key(0)}, jnp.zeros((2, 28, 28, 3)))
+  with pytest.raises(ValueError, match="mode must be one of"):
+    M.build(cfg, mode="snn")
