@@ -75,9 +75,9 @@ def close_matches(key: str, candidates: Iterable[str], n: int = 5) -> list[str]:
 
 def _unknown_key_error(key: str, config: ConfigDict, what: str = "config key") -> ConfigError:
   matches = close_matches(key, all_keys(config))
-  hint = f"; close matches: {', '.join(matches)}" if matches else (
-      f"; top-level keys are: {', '.join(sorted(config.keys()))}")
-  return ConfigError(f"unknown {what} {key!r}{hint}.")
+  hint = f"close matches: {', '.join(matches)}" if matches else (
+      f"top-level keys are: {', '.join(sorted(config.keys()))}")
+  return ConfigError(f"unknown {what} {key!r}; {hint}")
 
 
 def _strip_prefix(key: str) -> str:
@@ -220,7 +220,10 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
   for raw_key, value in overrides.items():
     key = _strip_prefix(raw_key)
     parts = key.split(".")
-    parent = lookup(config, ".".join(parts[:-1])) if len(parts) > 1 else config
+    try:
+      parent = lookup(config, ".".join(parts[:-1])) if len(parts) > 1 else config
+    except ConfigError:
+      raise _unknown_key_error(key, config) from None
     if not isinstance(parent, (ConfigDict, dict)) or parts[-1] not in parent:
       raise _unknown_key_error(key, config)
     current = parent[parts[-1]]

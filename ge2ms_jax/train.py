@@ -9,7 +9,7 @@ entropy on the input pipeline's `target` (one-hot, possibly smoothed or mixed). 
 `fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would.
 
 Trainer keys of the config (see `base_config` for defaults): `seed`, `total_steps` or
-`total_epochs`, `input.batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
+`total_epochs`, `batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
 clipping, accumulation, EMA), `schedule.*`, `mesh`, `sharding_rules`, `log_every_steps`, `ckpt.*`,
 `evals.*`. The model is built by `model.build(config.model)`, the input by
 `data.build_iterator(config, ...)`.
@@ -51,8 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 0            # > 0 wins over total_epochs.
   c.total_epochs = 1.0
-  c.input = ml_collections.ConfigDict()
-  c.input.batch_size = 128     # Global, over all processes and devices.
+  c.batch_size = 128           # Global, over all processes and devices.
 
   c.optax = ml_collections.ConfigDict()
   c.optax.name = "adamw"       # "adamw" | "sgd"
@@ -86,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.evals = ml_collections.ConfigDict()
   c.evals.every_steps = 1000   # 0: only at the end.
-  c.evals.split = "test"
+  c.evals.split = ""           # "": config.data.eval_split.
   c.evals.batch_size = 256
   return c
 
@@ -256,12 +255,27 @@ def make_eval_fn(net) -> Callable:
   return evaluate
 
 
+def make_init_fn(net, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                 image_spec: jax.ShapeDtypeStruct) -> Callable:
+  """`init(rng_data) -> TrainState` for images shaped like `image_spec` ([B, H, W, C])."""
+  def init(rng_data):
+    rng = jax.random.wrap_key_data(rng_data)
+    params_rng, dropout_rng = jax.random.split(rng)
+    image = jnp.zeros(image_spec.shape, image_spec.dtype)
+    variables = net.init({"params": params_rng, "dropout": dropout_rng}, image, train=False)
+    params, model_state = _split_variables(variables)
+    ema = jax.tree.map(jnp.copy, params) if config.optax.ema_decay else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), ema_params=ema, rng=rng_data)
+  return init
+
+
 # ---------------------------------------------------------------------------------------------
 # Run length
 # ---------------------------------------------------------------------------------------------
 def num_examples(info: Any, split: str) -> int:
-  """The number of examples of `split` from `data.dataset_info(config)`."""
-  counts = info["num_examples"] if isinstance(info, Mapping) else getattr(info, "num_examples")
+  """The number of examples of `split` from `data.dataset_info(config)` (its `splits` dict)."""
+  counts = info.splits
   if split not in counts:
     raise ValueError(f"dataset has no split {split!r}; it has {sorted(counts)}.")
   return int(counts[split])
@@ -270,7 +284,7 @@ def num_examples(info: Any, split: str) -> int:
 def run_length(config: ml_collections.ConfigDict, info: Any, train_split: str = "train"
                ) -> tuple[int, float]:
   """Returns (total steps, steps per epoch) from `total_steps` or `total_epochs`."""
-  steps_per_epoch = num_examples(info, train_split) / config.input.batch_size if info else float("nan")
+  steps_per_epoch = num_examples(info, train_split) / config.batch_size if info else float("nan")
   if config.total_steps and config.total_steps > 0:
     return int(config.total_steps), steps_per_epoch
   if not info or not math.isfinite(steps_per_epoch):
@@ -295,8 +309,20 @@ def _default_net(config):
   return models.build(config.model)
 
 
-def _train_split(config) -> str:
-  return config.input.get("split", "train")
+def train_split(config) -> str:
+  """The split trained on: `config.data.train_split` ("train" by default)."""
+  return config.get("data", {}).get("train_split", "train") or "train"
+
+
+def eval_split(config) -> str:
+  """The split evaluated: `config.evals.split`, else `config.data.eval_split` ("test")."""
+  return config.evals.get("split") or config.get("data", {}).get("eval_split", "test") or "test"
+
+
+def _close(iterator) -> None:
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
 
 
 class Trainer:
@@ -332,8 +358,8 @@ class Trainer:
     self.mesh = sharding_lib.make_mesh(config.mesh, devices)
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
     self.replicated = sharding_lib.replicated(self.mesh)
-    self.batch_size = config.input.batch_size
-    sharding_lib.check_batch_size(self.batch_size, self.mesh, "input.batch_size")
+    self.batch_size = config.batch_size
+    sharding_lib.check_batch_size(self.batch_size, self.mesh, "batch_size")
     sharding_lib.check_batch_size(config.evals.batch_size, self.mesh, "evals.batch_size")
     _log.info("mesh %s over %d devices (%d processes)", dict(self.mesh.shape), self.mesh.size,
               jax.process_count())
@@ -343,9 +369,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     self.data = data_module if data_module is not None else _default_data_module()
     info = self.data.dataset_info(config)
-    self.total_steps, self.steps_per_epoch = run_length(config, info, _train_split(config))
+    self.total_steps, self.steps_per_epoch = run_length(config, info, train_split(config))
     self.train_iter = self.data.build_iterator(
-        config, split=_train_split(config), global_batch_size=self.batch_size,
+        config, split=train_split(config), global_batch_size=self.batch_size,
         sharding=self.batch_sharding, seed=config.seed, train=True, num_epochs=None)
     start = self.train_iter.get_state()
     first = next(self.train_iter)
@@ -366,17 +392,7 @@ class Trainer:
                                   if math.isfinite(self.steps_per_epoch) else 0.0)
     self.tx = make_optimizer(config, self.schedule)
 
-    def init(rng_data):
-      rng = jax.random.wrap_key_data(rng_data)
-      image = jnp.zeros(self.batch_spec["image"].shape, self.batch_spec["image"].dtype)
-      params_rng, dropout_rng = jax.random.split(rng)
-      variables = self.net.init({"params": params_rng, "dropout": dropout_rng}, image, train=False)
-      params, model_state = _split_variables(variables)
-      ema = jax.tree.map(jnp.copy, params) if config.optax.ema_decay else {}
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                        opt_state=self.tx.init(params), ema_params=ema, rng=rng_data)
-
-    self._init = init
+    init = make_init_fn(self.net, self.tx, config, self.batch_spec["image"])
     rng_data = jax.random.key_data(jax.random.key(config.seed))
     self.state_shapes = jax.eval_shape(init, rng_data)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state_shapes.params))
@@ -476,19 +492,23 @@ class Trainer:
     watcher = ckpt_lib.PreemptionWatcher()
     history, evals = [], []
     status = "done"
-    pending = None
+    pending = []  # The last logged step's metrics, fetched one step later to keep the device busy.
+
+    def flush():
+      while pending:
+        history.append(self._log_metrics(*pending.pop(), progress))
+
     try:
       with jax.set_mesh(self.mesh):
         while self.step < self.total_steps:
           batch = next(self.train_iter)
           self.state, step_metrics = self.update_fn(self.state, batch)
           self.step += 1
-          if pending is not None:  # The previous logged step's metrics, fetched one step late.
-            history.append(self._log_metrics(*pending, progress))
-            pending = None
+          flush()
           if self.step % log_every == 0 or self.step == self.total_steps:
-            pending = (self.step, step_metrics)
+            pending.append((self.step, step_metrics))
           if eval_every and self.step % eval_every == 0 and self.step != self.total_steps:
+            flush()
             evals.append(self._log_eval(progress))
           preempted = watcher.reached(self.step)
           if preempted or self.step == self.total_steps or (ckpt_every and self.step % ckpt_every == 0):
@@ -496,12 +516,12 @@ class Trainer:
           if callback is not None:
             callback(self.step, self)
           if preempted:
+            flush()
             status = "preempted"
             progress.message(f"stopped at step {self.step} on a preemption notice; checkpoint "
                              "saved. Run the same command again to resume.")
             break
-        if pending is not None:
-          history.append(self._log_metrics(*pending, progress))
+        flush()
         if status == "done":
           evals.append(self._log_eval(progress))
     finally:
@@ -531,9 +551,10 @@ class Trainer:
     return {"step": self.step, **result}
 
   def close(self) -> None:
-    """Waits for checkpoint writes and closes files."""
+    """Waits for checkpoint writes, stops the input iterator and closes files."""
     self.checkpointer.close()
     self.writer.close()
+    _close(self.train_iter)
 
 
 def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.ConfigDict,
@@ -543,29 +564,125 @@ def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.Confi
   if config.optax.ema_decay and state.ema_params:
     variants["_ema"] = state.ema_params
   out = {}
+  split = eval_split(config)
   for suffix, params in variants.items():
-    it = data_module.build_iterator(config, split=config.evals.split,
-                                    global_batch_size=config.evals.batch_size,
+    it = data_module.build_iterator(config, split=split, global_batch_size=config.evals.batch_size,
                                     sharding=batch_sharding, seed=config.seed, train=False,
                                     num_epochs=1)
     totals = None
-    for batch in it:
-      sums = eval_fn(params, state.model_state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    try:
+      for batch in it:
+        # Summed on the host in float64: no extra compilations, no float32 round-off over many batches.
+        sums = {k: float(v) for k, v in jax.device_get(eval_fn(params, state.model_state, batch)).items()}
+        totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
+    finally:
+      _close(it)
     if totals is None:
-      raise ValueError(f"the eval split {config.evals.split!r} gave no batches.")
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
+      raise ValueError(f"the eval split {split!r} gave no batches.")
+    count = totals["count"]
     out[f"top1{suffix}"] = float(totals["correct"]) / max(count, 1.0)
     out[f"loss{suffix}"] = float(totals["loss_sum"]) / max(count, 1.0)
     out["num_examples"] = count
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
-  """Builds a `Trainer` and runs it to the end (or to a preemption notice)."""
-  trainer = Trainer(config, workdir, **kwargs)
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained model restored from a checkpoint, placed on a mesh (for evaluate/convert modes).
+
+  Attributes:
+    net: the Flax module.
+    state: the full `TrainState` (use `.params`, `.model_state`, `.ema_params`).
+    step: the checkpoint's step.
+    mesh, batch_sharding: where it lives and how batches are split.
+    eval_fn: the jitted `(params, model_state, batch) -> sums` of `make_eval_fn`.
+  """
+  net: Any
+  state: TrainState
+  step: int
+  mesh: jax.sharding.Mesh
+  batch_sharding: Any
+  eval_fn: Callable
+
+
+def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None, *, net=None, data_module=None,
+             devices=None) -> LoadedRun:
+  """Restores the newest checkpoint of `workdir` (or the named `checkpoint`) onto this mesh.
+
+  Args:
+    config: the run's config (model, optimizer structure, mesh, sharding rules).
+    workdir: a training workdir; its `checkpoints/` is searched for the newest readable step.
+    checkpoint: instead, a checkpoint directory or one step folder (`.../checkpoints/1200`).
+    net, data_module, devices: as for `Trainer`.
+
+  Raises:
+    FileNotFoundError: when there is no checkpoint to load.
+  """
+  if checkpoint is None and workdir is None:
+    raise ValueError("load_run needs a workdir or a checkpoint path.")
+  directory, step = ckpt_lib.split_checkpoint_path(
+      checkpoint if checkpoint is not None else os.path.join(workdir, "checkpoints"))
+  data_module = data_module if data_module is not None else _default_data_module()
+  net = net if net is not None else _default_net(config)
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  info = data_module.dataset_info(config)
+  image_spec = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
+  # The optimizer only shapes the state's structure here; the schedule's values do not matter.
+  tx = make_optimizer(config, optax.constant_schedule(config.optax.lr))
+  init = make_init_fn(net, tx, config, image_spec)
+  shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(config.seed)))
+  shardings = sharding_lib.infer_shardings(shapes, mesh, config.sharding_rules)
+  checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=None, async_save=False)
   try:
-    return trainer.run()
+    restored = checkpointer.restore(sharding_lib.abstract(shapes, shardings), step)
+  finally:
+    checkpointer.close()
+  eval_fn = jax.jit(make_eval_fn(net), in_shardings=(shardings.params, shardings.model_state,
+                                                     batch_sharding),
+                    out_shardings=sharding_lib.replicated(mesh))
+  _log.info("loaded step %d from %s", restored.step, directory)
+  return LoadedRun(net=net, state=restored.state, step=restored.step, mesh=mesh,
+                   batch_sharding=batch_sharding, eval_fn=eval_fn)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                        checkpoint: str | os.PathLike | None = None, **kwargs) -> dict[str, float]:
+  """Evaluates a checkpoint (the workdir's newest by default) on the eval split; writes
+  `<workdir>/eval_<step>.json` and returns `{"step", "top1", "loss", ...}`."""
+  data_module = kwargs.pop("data_module", None) or _default_data_module()
+  run = load_run(config, workdir if checkpoint is None else None, checkpoint,
+                 data_module=data_module, **kwargs)
+  sharding_lib.check_batch_size(config.evals.batch_size, run.mesh, "evals.batch_size")
+  with jax.set_mesh(run.mesh):
+    result = {"step": run.step, **evaluate_params(run.eval_fn, data_module, config,
+                                                  run.batch_sharding, run.state)}
+  if jax.process_index() == 0 and workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, f"eval_{run.step}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
+  """Builds a `Trainer` and runs it to the end (or to a preemption notice).
+
+  Writes `<workdir>/result.json`: status, step, wall time of this invocation, and the last logged
+  training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
+  """
+  trainer = Trainer(config, workdir, **kwargs)
+  start = time.time()
+  try:
+    result = trainer.run()
   finally:
     trainer.close()
+  if jax.process_index() == 0:
+    summary = {"status": result.status, "step": result.step, "seconds": time.time() - start,
+               **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
+                  if result.history else {}),
+               **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
+                  if result.evals else {})}
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return result

@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import signal
+import types
 
 import chex
 import jax
@@ -195,8 +196,8 @@ def test_bf16_compute_keeps_float32_params_and_ema_follows_its_definition(tmp_pa
 
 
 def test_batch_size_not_divisible_by_the_data_axis(tmp_path):
-  with pytest.raises(ValueError, match=r"input.batch_size=12 .*data-parallel size 8"):
-    _trainer(tmp_path, small_config(**{"input.batch_size": 12}))
+  with pytest.raises(ValueError, match=r"batch_size=12 .*data-parallel size 8"):
+    _trainer(tmp_path, small_config(batch_size=12))
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):
@@ -262,7 +263,7 @@ def test_schedule_warmup_then_cosine():
 
 def test_run_length_from_epochs():
   config = small_config(total_steps=0, total_epochs=2.5)
-  info = {"num_examples": {"train": 100}}
+  info = types.SimpleNamespace(splits={"train": 100})
   steps, per_epoch = train.run_length(config, info)
   assert per_epoch == 100 / 16 and steps == int(np.ceil(2.5 * 100 / 16))
   with pytest.raises(ValueError, match="no split 'val'"):

@@ -8,6 +8,8 @@ of every global batch. This module holds no tests.
 
 from __future__ import annotations
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -107,8 +109,9 @@ class ArrayData:
 
   def dataset_info(self, config):
     del config
-    return {"num_examples": {k: len(v[1]) for k, v in self.splits.items()},
-            "num_classes": self.num_classes}
+    return types.SimpleNamespace(splits={k: len(v[1]) for k, v in self.splits.items()},
+                                 num_classes=self.num_classes,
+                                 image_shape=self.splits["train"][0].shape[1:])
 
   def build_iterator(self, config, split="train", *, global_batch_size, sharding, seed, train=True,
                      num_epochs=None, eval_data=None):
@@ -124,7 +127,7 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
   """A trainer config sized for a few CPU steps."""
   c = train.base_config()
   c.total_steps = 6
-  c.input.batch_size = 16
+  c.batch_size = 16
   c.optax.lr = 3e-2
   c.optax.clip_norm = 1.0
   c.log_every_steps = 1
@@ -132,6 +135,7 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
   c.ckpt.async_save = False
   c.evals.every_steps = 0
   c.evals.batch_size = 8
+  c.evals.split = "test"
   c.model = ml_collections.ConfigDict({"dtype": "float32"})
   for key, value in overrides.items():
     node = c

@@ -1,0 +1,61 @@
+"""Fashion-MNIST, the default experiment: the `tiny` Ge2mS-T quantized ANN on 28x28 grey images.
+
+    python -m ge2ms_jax.main --config experiments/fashion_mnist.py --workdir /tmp/fm
+    python -m ge2ms_jax.main --config experiments/fashion_mnist.py:runlocal --workdir /tmp/fm_local
+
+Config string: `variant=tiny` (model variant), `data=fashion_mnist` (the subset shipped with the
+package; `fashion_mnist_full` reads the full IDX files from `config.data.source`), `runlocal` (a
+minute-long run on a laptop CPU: a narrower model, 20 steps).
+"""
+
+from ge2ms_jax import config_utils
+from ge2ms_jax import data
+from ge2ms_jax import model as models
+from ge2ms_jax import train
+
+
+def shrink_for_local(config):
+  """Shrinks a config in place for a quick CPU run (used by every experiment's `runlocal`)."""
+  m = config.model
+  m.stem_channels = 8
+  m.dims = tuple(8 * sum(m.heads_per_window) if kind == "attn" else 16 for kind in m.kinds)
+  m.depths = tuple(1 for _ in m.kinds)
+  m.head_dim = 8
+  config.batch_size = 32
+  config.total_steps = 20
+  config.schedule.warmup_steps = 2
+  config.log_every_steps = 5
+  config.ckpt.every_steps = 10
+  config.evals.every_steps = 10
+  config.evals.batch_size = 64
+  config.input.num_threads = 1
+
+
+def get_config(arg=None):
+  """The experiment config; see the module docstring for the config string."""
+  arg = config_utils.parse_arg(arg, variant="tiny", data="fashion_mnist", runlocal=False)
+  config = train.base_config()
+  config.update(data.default_config(arg.data))
+
+  config.model = models.default_config(arg.variant)
+  config.model.num_classes = 10
+  config.model.image_size = 28
+  config.model.in_channels = 1
+
+  config.batch_size = 256
+  config.total_epochs = 30.0
+  config.optax.name = "adamw"
+  config.optax.lr = 2e-3
+  config.optax.wd = 0.05
+  config.optax.clip_norm = 1.0
+  config.schedule.decay_type = "cosine"
+  config.schedule.warmup_epochs = 1.0
+
+  config.log_every_steps = 50
+  config.ckpt.every_steps = 500
+  config.evals.every_steps = 500
+  config.evals.batch_size = 256
+
+  if arg.runlocal:
+    shrink_for_local(config)
+  return config
