@@ -233,6 +233,11 @@ class DataIterator:
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=input_settings["num_threads"],
                                                  prefetch_buffer_size=input_settings["prefetch"]))
     if input_settings["num_workers"] > 0:
+      # Grain's worker processes read absl flags; a program not started by absl.app has not
+      # parsed them, so their defaults are taken.
+      from absl import flags  # pylint: disable=g-import-not-at-top
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
       it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=input_settings["num_workers"],
           per_worker_buffer_size=max(1, input_settings["prefetch"])))
