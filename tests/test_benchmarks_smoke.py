@@ -1,0 +1,52 @@
+"""Smoke tests of the benchmark scripts: each runs in-process on small shapes and writes its JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_neurons_benchmark_quick(tmp_path):
+  bench = _load("neurons")
+  results = BENCHMARKS / "results" / "neurons.json"
+  before = results.stat().st_mtime_ns if results.exists() else None
+  out = tmp_path / "neurons.json"
+  returned = bench.main(["--quick", "--reps", "2", "--out", str(out)])
+
+  saved = json.loads(out.read_text())
+  assert saved == json.loads(json.dumps(returned))
+  assert (results.stat().st_mtime_ns if results.exists() else None) == before, "wrote into benchmarks/results/"
+  assert saved["quick"] is True
+  for key in ("cores", "cpu", "jax", "jaxlib", "jax_backend"):
+    assert saved["machine"][key], key
+  assert saved["config"]["T"] == 8 and saved["config"]["current_shape"] == list(bench.QUICK_SHAPE)
+
+  names = {r["name"] for r in saved["rows"]}
+  for b, g in bench.CODES:
+    for m in ("scan", "steps", "closed"):
+      assert f"expg_if[{m}] b={b} G={g}" in names
+  assert {"floor[float32]", "floor[bool]", "if_neuron[hard]", "if_neuron[soft]"} <= names
+  for r in saved["rows"]:
+    assert len(r["times_ms"]) == 2 and r["median_ms"] > 0
+    assert r["input_shape"] == ([8] if r["kind"] in ("if_jax", "if_spikingjelly") else []) + list(bench.QUICK_SHAPE)
+
+  ratios = saved["ratios"]
+  assert ratios["fastest_expg_method"] in ("scan", "steps", "closed")
+  assert ratios["closed_over_floor"] > 0 and set(ratios["per_code"]) == {f"{b}:{g}" for b, g in bench.CODES}
+  assert all(saved["checks"]["expg_methods_bit_identical"].values())
+  sj = saved["spikingjelly"]
+  assert sj["status"] in ("ran", "skipped")
+  if sj["status"] == "skipped":
+    assert sj["reason"] and saved["targets"]["spikingjelly_over_fastest_expg_met"] is None
+    assert not any(r["framework"] == "torch" for r in saved["rows"])
+  else:
+    assert set(ratios["spikingjelly_over_fastest_expg_same_T"]) == {"hard", "soft"}
+    assert saved["checks"]["if_jax_vs_spikingjelly_mismatches"] == {"hard": 0, "soft": 0}
