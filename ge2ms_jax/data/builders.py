@@ -503,8 +503,9 @@ class FolderConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.0
   split_seed: int = 0
   skip_corrupt: bool = False
-  layout: FolderLayout | None = None
-  reader: FolderReader | None = None
+  # The file lists stay out of the repr, which TFDS logs.
+  layout: FolderLayout | None = dataclasses.field(default=None, repr=False)
+  reader: FolderReader | None = dataclasses.field(default=None, repr=False)
 
 
 def decode_image(data: bytes, channels: int, where: str):

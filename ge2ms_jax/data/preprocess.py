@@ -172,7 +172,7 @@ class Preprocess:
 
   def __call__(self, batch: Batch, rng: np.random.Generator) -> Batch:
     batch = dict(batch)
-    for o, fn in zip(self.op_specs, self._ops):
+    for fn in self._ops:
       batch = fn(batch, rng)
     return batch
 
