@@ -240,7 +240,7 @@ def run_sweep(config_spec: str, runs: Sequence[Mapping[str, Any]], workdir: str,
     result = read_result(run_dir)
     if result is None or result.get("status") != "done":
       if collect_only:
-        result = {"status": "missing" if result is None else result.get("status")}
+        result = result or {"status": "missing"}
       else:
         _log.info("sweep run %d/%d: %s", i + 1, len(runs), name)
         start = time.time()
@@ -249,7 +249,11 @@ def run_sweep(config_spec: str, runs: Sequence[Mapping[str, Any]], workdir: str,
           result.setdefault("status", "done")
         except Exception as e:  # pylint: disable=broad-except
           _log.error("sweep run %s failed:\n%s", name, traceback.format_exc())
-          result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+          result = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                    "seconds": time.time() - start}
+          os.makedirs(run_dir, exist_ok=True)
+          with open(os.path.join(run_dir, "result.json"), "w") as f:
+            json.dump(result, f, indent=2)
         result.setdefault("seconds", time.time() - start)
     rows.append({"run": name, "overrides": dict(run), **result})
     write_tables(workdir, rows)
