@@ -90,15 +90,16 @@ def fold_batchnorm(params: Mapping[str, Any], batch_stats: Mapping[str, Any], pa
   return out
 
 
-def check_operations(config: ml_collections.ConfigDict, variables: Mapping[str, Any]) -> None:
-  """Traces the QANN forward pass and rejects operations a spiking network cannot perform.
+def check_operations(fn, *args) -> None:
+  """Traces `fn(*args)` and rejects operations a spiking network cannot perform.
+
+  Args:
+    fn: a forward pass, e.g. `lambda v, x: net.apply(v, x)`; args: its (abstract or concrete) inputs.
 
   Raises:
-    ConversionError: naming the layer (its module path) and the operation.
+    ConversionError: naming the layer (the module path of the operation) and the operation.
   """
-  net = models.build(config, mode="qann")
-  images = jnp.zeros((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables, images)
+  jaxpr = jax.make_jaxpr(fn)(*args)
 
   def sub_jaxprs(value):
     if hasattr(value, "eqns"):
@@ -109,18 +110,19 @@ def check_operations(config: ml_collections.ConfigDict, variables: Mapping[str, 
       for v in value:
         yield from sub_jaxprs(v)
 
-  def walk(eqns):
+  def walk(eqns, prefix):
     for eqn in eqns:
+      here = "/".join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
       for value in eqn.params.values():
         for sub in sub_jaxprs(value):
-          walk(sub.eqns)
+          walk(sub.eqns, here)
       name = eqn.primitive.name
       if name in NON_CONVERTIBLE:
-        where = str(eqn.source_info.name_stack) or "the model's top level"
-        raise ConversionError(f"{where}: operation '{name}' ({NON_CONVERTIBLE[name]}) is not conversion-safe; "
-                              "a spiking network has only synapses, BatchNorm, additions, averages and neurons.")
+        raise ConversionError(f"{here or 'the top level'}: operation '{name}' ({NON_CONVERTIBLE[name]}) is not "
+                              "conversion-safe; a spiking network has only synapses, BatchNorm, additions, "
+                              "averages and neurons.")
 
-  walk(jaxpr.jaxpr.eqns)
+  walk(jaxpr.jaxpr.eqns, "")
 
 
 def convert(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
@@ -144,7 +146,9 @@ def convert(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
   if "params" not in variables:
     raise ConversionError(f"variables must hold 'params' (and 'batch_stats'), got keys {sorted(variables)}.")
   if check:
-    check_operations(config, variables)
+    net = models.build(config, mode="qann")
+    images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
+    check_operations(lambda v, x: net.apply(v, x, train=False), variables, images)
   folded = fold_batchnorm(variables["params"], variables.get("batch_stats", {}))
   snn = models.build(config, mode="fused")
   images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.in_channels), jnp.float32)

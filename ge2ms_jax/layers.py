@@ -186,12 +186,14 @@ class Synapse(nn.Module):
       y = jnp.tensordot(x.scales.astype(y_steps.dtype), y_steps, axes=1)
       per_step = _box_sum(jnp.sum(s, axis=-1), k, self.stride)  # [S, ...]
       per_step = jnp.sum(per_step.reshape(s.shape[0], -1), axis=1) * (self.features // self.groups)
-      self.sow("stats", "synapse", {"sops": jnp.sum(per_step), "sops_per_step": per_step,
-                                    "binary": sp.is_binary(s), "macs": jnp.zeros(())})
+      self.sow("stats", "synapse", {"order": sp.trace_order(), "sops": jnp.sum(per_step), "sops_per_step": per_step,
+                                    "binary": sp.is_binary(s), "macs": jnp.zeros(()),
+                                    **sp.rescale_stats(y.size, x.base, x.groups)})
     elif isinstance(x, sp.Coded):
       y = op(x.value, kernel)
       sops = jnp.sum(_box_sum(jnp.sum(x.counts, axis=-1), k, self.stride)) * (self.features // self.groups)
-      self.sow("stats", "synapse", {"sops": sops, "binary": jnp.asarray(True), "macs": jnp.zeros(())})
+      self.sow("stats", "synapse", {"order": sp.trace_order(), "sops": sops, "binary": jnp.asarray(True), "macs": jnp.zeros(()),
+                                    **sp.rescale_stats(y.size, x.base, x.groups)})
     else:
       y = op(x, kernel)
       if self.mode in FOLDED_MODES:
@@ -199,7 +201,7 @@ class Synapse(nn.Module):
           raise ValueError(f"{_path(self)}: a synapse after the encoding layer received a real-valued "
                            "input in a spiking mode; only the first layer may (it would be a multiplication).")
         macs = float(np.prod(y.shape, dtype=np.float64)) * fan_in
-        self.sow("stats", "synapse", {"sops": jnp.zeros(()), "binary": jnp.asarray(True),
+        self.sow("stats", "synapse", {"order": sp.trace_order(), "sops": jnp.zeros(()), "binary": jnp.asarray(True),
                                       "macs": jnp.asarray(macs, jnp.float32)})
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(y.dtype)
@@ -278,13 +280,13 @@ class Neuron(nn.Module):
       return neurons.expg_quantize(current, theta, base, groups)
     if self.mode == "fused":
       out = sp.coded_from_neuron(current, theta, base, groups)
-      self.sow("stats", "neuron", {"spikes": jnp.sum(out.counts), "neurons": jnp.asarray(out.counts.size),
+      self.sow("stats", "neuron", {"order": sp.trace_order(), "spikes": jnp.sum(out.counts), "neurons": jnp.asarray(out.counts.size),
                                    "steps": jnp.asarray(groups * (base - 1)),
                                    "code": jnp.asarray([base, groups])})
       return out
     train = sp.from_neuron(current, theta, base, groups, spec.method)
     per_step = jnp.sum(train.spikes.reshape(train.steps, -1), axis=1)
-    self.sow("stats", "neuron", {"spikes": jnp.sum(per_step), "spikes_per_step": per_step,
+    self.sow("stats", "neuron", {"order": sp.trace_order(), "spikes": jnp.sum(per_step), "spikes_per_step": per_step,
                                  "neurons": jnp.asarray(int(np.prod(current.shape))),
                                  "steps": jnp.asarray(train.steps), "code": jnp.asarray([base, groups])})
     return train
@@ -307,10 +309,10 @@ def add_to_current(module: nn.Module, current: Array, shortcut: Any, name: str =
   if isinstance(shortcut, sp.SpikeTrain):
     s = shortcut.spikes
     per_step = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-    module.sow("stats", name, {"sops": jnp.sum(per_step), "sops_per_step": per_step,
+    module.sow("stats", name, {"order": sp.trace_order(), "sops": jnp.sum(per_step), "sops_per_step": per_step,
                                "binary": sp.is_binary(s), "macs": jnp.zeros(())})
   elif isinstance(shortcut, sp.Coded):
-    module.sow("stats", name, {"sops": jnp.sum(shortcut.counts), "binary": jnp.asarray(True),
+    module.sow("stats", name, {"order": sp.trace_order(), "sops": jnp.sum(shortcut.counts), "binary": jnp.asarray(True),
                                "macs": jnp.zeros(())})
   return current + sp.dense(shortcut).astype(current.dtype)
 

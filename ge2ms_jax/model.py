@@ -234,6 +234,10 @@ class AttnBlock(_Parts):
                          matmul=matmul)
     a = a.reshape(a.shape[:-3] + (hh, ww, c))
     if self.mode in L.FOLDED_MODES:
+      # The 2**-shift output scale: one shift per output element of the window products.
+      self.sow("stats", "attn_scale", {"order": sp.trace_order(), "sops": jnp.zeros(()), "binary": jnp.asarray(True),
+                                       "shifts": jnp.asarray(float(a.size), jnp.float32),
+                                       "scalings": jnp.zeros(())})
       sp.note_cost(sp.LayerCost(name="/".join(self.path) + "/attn_products", kind="attention",
                                 macs=attention.attention_macs((hh, ww), self.head_dim, self.window_sizes,
                                                               self.heads_per_window),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import threading
 from typing import Any, Callable, Iterator
 
@@ -41,11 +40,15 @@ class SpikeTrain:
     spikes: `[S, *shape]` in {0, 1}.
     scales: `[S]` per-step scale (`base**-g` for an ExpG-IF neuron).
     theta: threshold, scalar or `[C]` on the last axis of `shape`.
+    base, groups: the code (static); steps of one group share a scale, so a synapse rescales its
+      accumulator `groups` times per window: a shift when `base` is a power of two.
   The train encodes the value `sum_s scales[s] * theta * spikes[s]` (`dense()`).
   """
   spikes: Array
   scales: Array
   theta: Array
+  base: int = flax.struct.field(pytree_node=False, default=2)
+  groups: int = flax.struct.field(pytree_node=False, default=1)
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -82,13 +85,15 @@ class Coded:
   """
   value: Array
   counts: Array
+  base: int = flax.struct.field(pytree_node=False, default=2)
+  groups: int = flax.struct.field(pytree_node=False, default=1)
 
   @property
   def shape(self) -> tuple[int, ...]:
     return tuple(self.value.shape)
 
   def map(self, fn: Callable[[Array], Array]) -> "Coded":
-    return Coded(fn(self.value), fn(self.counts))
+    return self.replace(value=fn(self.value), counts=fn(self.counts))
 
 
 def dense(x: Any) -> Array:
@@ -108,7 +113,7 @@ def from_neuron(current: Array, theta: Any, base: int, groups: int, method: str 
   dtype = jnp.promote_types(current.dtype, jnp.float32)
   spikes = neurons.expg_if(current, theta, base, groups, method, dtype=dtype)
   scales = jnp.asarray(neurons.step_scales(base, groups), dtype)
-  return SpikeTrain(spikes=spikes, scales=scales, theta=jnp.asarray(theta, dtype))
+  return SpikeTrain(spikes=spikes, scales=scales, theta=jnp.asarray(theta, dtype), base=base, groups=groups)
 
 
 def coded_from_neuron(current: Array, theta: Any, base: int, groups: int, dtype: Any = None) -> Coded:
@@ -118,7 +123,8 @@ def coded_from_neuron(current: Array, theta: Any, base: int, groups: int, dtype:
   counts = jnp.zeros_like(n)
   for g in range(groups):
     counts = counts + (n // base ** (groups - 1 - g)) % base
-  return Coded(value=value if dtype is None else value.astype(dtype), counts=counts.astype(jnp.float32))
+  return Coded(value=value if dtype is None else value.astype(dtype), counts=counts.astype(jnp.float32),
+               base=base, groups=groups)
 
 
 def is_binary(spikes: Array) -> Array:
@@ -178,7 +184,8 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
     out = jnp.einsum(subscripts, coded.value, other) if left else jnp.einsum(subscripts, other, coded.value)
     if record is not None:
       fanout = einsum_fanout(subscripts, left, coded.shape, other.shape)
-      record({"sops": jnp.sum(coded.counts) * fanout, "binary": jnp.asarray(True)})
+      record({"sops": jnp.sum(coded.counts) * fanout, "binary": jnp.asarray(True),
+              "order": trace_order(), **rescale_stats(out.size, coded.base, coded.groups)})
     return out
   else:
     return jnp.einsum(subscripts, dense(a), dense(b))
@@ -192,8 +199,18 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
   if record is not None:
     fanout = einsum_fanout(subscripts, left, train.shape, other.shape)
     nnz = jnp.sum(spikes.reshape(spikes.shape[0], -1), axis=1)
-    record({"sops": jnp.sum(nnz) * fanout, "nnz": nnz, "binary": is_binary(spikes)})
+    record({"sops": jnp.sum(nnz) * fanout, "nnz": nnz, "binary": is_binary(spikes),
+            "order": trace_order(), **rescale_stats(out.size, train.base, train.groups)})
   return out
+
+
+def rescale_stats(outputs: int, base: int, groups: int) -> dict[str, Array]:
+  """Per-window accumulator rescalings of a synapse with `outputs` output elements fed by a (base,
+  groups) code: shifts for a power-of-two base, multiplications otherwise."""
+  n = float(outputs) * groups
+  pow2 = base & (base - 1) == 0
+  return {"shifts": jnp.asarray(n if pow2 else 0.0, jnp.float32),
+          "scalings": jnp.asarray(0.0 if pow2 else n, jnp.float32)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +246,13 @@ def record_costs() -> Iterator[list[LayerCost]]:
     _RECORDER.stack = stack
 
 
+def trace_order() -> Array:
+  """A number that grows with every call during tracing: sown statistics carry it, so that layers
+  can be listed in the order the network runs them (jit returns dicts sorted by key)."""
+  _RECORDER.order = getattr(_RECORDER, "order", 0) + 1
+  return jnp.asarray(_RECORDER.order, jnp.int32)
+
+
 def note_cost(cost: LayerCost) -> None:
   """Adds `cost` to the innermost active `record_costs` table (no-op when none is active)."""
   stack = getattr(_RECORDER, "stack", None)
@@ -240,7 +264,3 @@ def batch_size_of(shape: tuple[int, ...], trailing: int) -> int:
   """Product of the leading (batch/time) axes of an activation with `trailing` feature axes."""
   return int(math.prod(shape[:len(shape) - trailing]))
 
-
-def strip_index(name: str) -> str:
-  """`'stage1/block0/attn/q'` -> the same; removes Flax's automatic `_0` suffixes for display."""
-  return re.sub(r"_(\d+)(?=/|$)", r"\1", name)

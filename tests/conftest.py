@@ -22,3 +22,8 @@ import jax  # noqa: E402
 assert jax.device_count() == 8, (
     f"tests expect 8 CPU devices (JAX_NUM_CPU_DEVICES=8), got {jax.devices()}; "
     "jax was imported before tests/conftest.py could configure it.")
+
+# Compiled programs are cached on disk so that xdist workers (and repeated runs) share them.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("GE2MS_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -1,0 +1,195 @@
+"""Energy accounting of the spiking network (METHOD.md §4).
+
+    E_SNN = E_MAC * MACs(encoding layer) + E_AC * SOPs + E_shift * shifts + E_scale * scalings
+    E_ANN = E_MAC * MACs(every layer, attention products included)
+
+per image, with 45 nm constants by default (Horowitz, ISSCC 2014: `E_MAC = 4.6 pJ`, `E_AC = 0.9 pJ`).
+
+* SOPs are counted from the actual spikes: for every time step, each spike of a synapse's input
+  triggers one accumulate per output it reaches (`nnz x fan-out`, exact at borders and strides);
+  residual integrations add one accumulate per incoming spike; an attention product accumulates the
+  other operand's free axis per spike.
+* Power-of-two step weights: spikes of one group share the weight `theta * b**-g`, so an accumulator
+  is rescaled once per output and group. With `b` a power of two that is a shift (`E_shift`, 0 pJ by
+  default: the group's partial sum is shifted into the accumulator, a wiring choice in digital logic);
+  otherwise it is a multiplication (`E_scale`, by default `E_MAC`). The attention's `2**-k` output
+  scale is one shift per output. All counts are reported, whatever their price.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from ge2ms_jax.snn import LayerStats, SimResult
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyModel:
+  """Energy per operation in picojoules."""
+  e_mac_pj: float = 4.6
+  e_ac_pj: float = 0.9
+  e_shift_pj: float = 0.0
+  e_scale_pj: float | None = None  # None: same as e_mac_pj
+
+  def __post_init__(self):
+    for name in ("e_mac_pj", "e_ac_pj", "e_shift_pj"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or value < 0 or not np.isfinite(value):
+        raise ValueError(f"EnergyModel: {name} must be a finite number >= 0 (picojoules), got {value!r}.")
+
+  @property
+  def scale_pj(self) -> float:
+    return self.e_mac_pj if self.e_scale_pj is None else self.e_scale_pj
+
+
+@dataclasses.dataclass
+class LayerEnergy:
+  """Per-image costs of one layer."""
+  name: str
+  kind: str
+  macs: float
+  sops: float
+  shifts: float
+  scalings: float
+  energy_pj: float
+  firing_rate: float | None = None
+  spikes_per_neuron: float | None = None
+  code: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass
+class EnergyReport:
+  """Energy per image of the SNN, and of the same network run as an ANN.
+
+  Attributes:
+    layers: per-layer costs (synapses, attention products, shortcuts) and neuron sites.
+    snn_mj, ann_mj: millijoules per image.
+    sops, macs_first: synaptic operations and encoding-layer MACs per image.
+    ann_macs: MACs per image of the ANN.
+    spikes_per_neuron, firing_rate: network averages over all neuron sites.
+    time_steps: the largest window of any site (`T`).
+  """
+  layers: list[LayerEnergy]
+  snn_mj: float
+  ann_mj: float
+  sops: float
+  macs_first: float
+  ann_macs: float
+  shifts: float
+  scalings: float
+  spikes_per_neuron: float
+  firing_rate: float
+  time_steps: int
+  model: EnergyModel
+  num_images: int
+
+  @property
+  def ratio(self) -> float:
+    """ANN energy / SNN energy."""
+    return self.ann_mj / self.snn_mj if self.snn_mj else float("inf")
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["ratio_ann_over_snn"] = self.ratio
+    return d
+
+  def save_json(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.to_json(), f, indent=1)
+
+  def format_table(self) -> str:
+    """A per-layer table and a summary, for the terminal."""
+    width = max([len(r.name) for r in self.layers] + [10])
+    head = (f"{'layer':<{width}}  {'kind':<9} {'MACs':>10} {'SOPs':>11} {'shifts':>9} {'uJ':>9} "
+            f"{'rate':>7} {'spk/neu':>7} code")
+    lines = [head, "-" * len(head)]
+    for r in self.layers:
+      rate = f"{r.firing_rate:7.4f}" if r.firing_rate is not None else " " * 7
+      spn = f"{r.spikes_per_neuron:7.3f}" if r.spikes_per_neuron is not None else " " * 7
+      code = f"({r.code[0]},{r.code[1]})" if r.code else ""
+      lines.append(f"{r.name:<{width}}  {r.kind:<9} {r.macs:>10.3g} {r.sops:>11.4g} {r.shifts:>9.3g} "
+                   f"{r.energy_pj * 1e-6:>9.4f} {rate} {spn} {code}")
+    lines += ["-" * len(head),
+              f"SNN: {self.snn_mj:.5f} mJ/image  (encoding MACs {self.macs_first:.4g}, SOPs {self.sops:.4g}, "
+              f"shifts {self.shifts:.4g}, scalings {self.scalings:.4g}; T = {self.time_steps}, "
+              f"{self.spikes_per_neuron:.3f} spikes/neuron, firing rate {self.firing_rate:.4f})",
+              f"ANN: {self.ann_mj:.5f} mJ/image  ({self.ann_macs:.4g} MACs)   ANN/SNN = {self.ratio:.2f}x",
+              f"constants: E_MAC {self.model.e_mac_pj} pJ, E_AC {self.model.e_ac_pj} pJ, "
+              f"E_shift {self.model.e_shift_pj} pJ, E_scale {self.model.scale_pj} pJ; {self.num_images} images"]
+    return "\n".join(lines)
+
+  def plot(self, path: str) -> None:
+    """Writes a PNG: energy per layer (bars) and firing rate per neuron site."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    syn = [r for r in self.layers if r.kind != "neuron"]
+    neu = [r for r in self.layers if r.kind == "neuron"]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(syn)), 8))
+    colors = {"synapse": "tab:blue", "attention": "tab:orange", "shortcut": "tab:green"}
+    axes[0].bar(range(len(syn)), [r.energy_pj * 1e-6 for r in syn],
+                color=[colors.get(r.kind, "tab:gray") if r.macs == 0 else "tab:red" for r in syn])
+    axes[0].set_xticks(range(len(syn)), [r.name for r in syn], rotation=90, fontsize=6)
+    axes[0].set_ylabel("energy per image (uJ)")
+    axes[0].set_title(f"SNN {self.snn_mj:.4f} mJ vs ANN {self.ann_mj:.4f} mJ per image "
+                      f"(red: encoding layer MACs; blue conv/dense, orange attention, green shortcuts)")
+    axes[1].bar(range(len(neu)), [r.firing_rate or 0.0 for r in neu], color="tab:purple")
+    axes[1].set_xticks(range(len(neu)), [r.name for r in neu], rotation=90, fontsize=6)
+    axes[1].set_ylabel("firing rate (spikes / neuron / step)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def energy_report(sim: SimResult | Sequence[LayerStats], ann_macs: float, num_images: int | None = None,
+                  model: EnergyModel = EnergyModel()) -> EnergyReport:
+  """Energy per image from simulation statistics.
+
+  Args:
+    sim: a `snn.SimResult` (or its layer list, then `num_images` is required).
+    ann_macs: MACs per image of the same network as an ANN (`model.count(config)["macs"]`).
+    num_images: images the statistics were summed over.
+    model: energy constants.
+
+  Returns:
+    an `EnergyReport`.
+  """
+  if isinstance(sim, SimResult):
+    rows, num_images = sim.layers, sim.num_images
+  else:
+    rows = list(sim)
+  if not num_images or num_images < 1:
+    raise ValueError(f"energy_report: num_images must be >= 1, got {num_images!r}.")
+  n = float(num_images)
+  layers: list[LayerEnergy] = []
+  tot = dict(macs=0.0, sops=0.0, shifts=0.0, scalings=0.0)
+  spikes = neurons = 0.0
+  spike_steps = 0.0
+  t_max = 0
+  for r in rows:
+    if r.kind == "neuron":
+      layers.append(LayerEnergy(r.name, r.kind, 0.0, 0.0, 0.0, 0.0, 0.0, r.firing_rate,
+                                r.spikes_per_neuron, r.code))
+      spikes += r.spikes
+      neurons += r.neurons
+      spike_steps += r.neurons * r.steps
+      t_max = max(t_max, r.steps)
+      continue
+    per = dict(macs=r.macs / n, sops=r.sops / n, shifts=r.shifts / n, scalings=r.scalings / n)
+    e = (model.e_mac_pj * per["macs"] + model.e_ac_pj * per["sops"] + model.e_shift_pj * per["shifts"]
+         + model.scale_pj * per["scalings"])
+    layers.append(LayerEnergy(r.name, r.kind, energy_pj=e, **per))
+    for k in tot:
+      tot[k] += per[k]
+  snn_pj = sum(r.energy_pj for r in layers)
+  return EnergyReport(layers=layers, snn_mj=snn_pj * 1e-9, ann_mj=model.e_mac_pj * ann_macs * 1e-9,
+                      sops=tot["sops"], macs_first=tot["macs"], ann_macs=float(ann_macs),
+                      shifts=tot["shifts"], scalings=tot["scalings"],
+                      spikes_per_neuron=spikes / neurons if neurons else 0.0,
+                      firing_rate=spikes / spike_steps if spike_steps else 0.0, time_steps=t_max,
+                      model=model, num_images=int(num_images))
