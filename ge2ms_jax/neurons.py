@@ -326,25 +326,30 @@ def _spikes_steps(v: Array, base: int, groups: int) -> Array:
 
 
 def _spikes_closed(n: Array, base: int, groups: int) -> Array:
-  """Digits computed directly: spike (g, r) fires iff n mod b**(G-g+1) >= (r+1) * b**(G-g)."""
-  _, rank, place = step_layout(base, groups)
-  modulus = place * base
-  thresholds = (rank + 1) * place
-  shape = (-1,) + (1,) * n.ndim
-  n_int = n.astype(jnp.int32)[None]
-  if base & (base - 1) == 0:
-    # Power-of-two base: the modulus is a bit mask.
-    rem = n_int & jnp.asarray(modulus - 1, jnp.int32).reshape(shape)
-  else:
-    # n mod m without an integer division (CPUs have no vector form of it): for 0 <= n < 2**24 the
-    # float quotient n * fl(1/m) is within 2/m < 1 of n/m, so its floor is off by at most one, which
-    # the exact int32 remainder then corrects.
-    m = jnp.asarray(modulus, jnp.int32).reshape(shape)
-    inv = jnp.asarray(1.0 / modulus, n.dtype).reshape(shape)
-    rem = n_int - jnp.floor(n[None] * inv).astype(jnp.int32) * m
-    rem = jnp.where(rem < 0, rem + m, rem)
-    rem = jnp.where(rem >= m, rem - m, rem)
-  return rem >= jnp.asarray(thresholds, jnp.int32).reshape(shape)
+  """Digits computed directly: spike (g, r) fires iff n mod b**(G-g+1) >= (r+1) * b**(G-g).
+
+  One block of `b - 1` steps per group, each with scalar constants, concatenated in step order:
+  XLA fuses the blocks into the single pass that writes the `[T, ...]` output.
+  """
+  n_int = n.astype(jnp.int32)
+  ranks = jnp.arange(1, base, dtype=jnp.int32).reshape((-1,) + (1,) * n.ndim)
+  blocks = []
+  for g in range(groups):
+    place = base ** (groups - 1 - g)
+    modulus = place * base
+    if g == 0:
+      rem = n_int  # n < L = b**G: the first modulus changes nothing.
+    elif base & (base - 1) == 0:
+      rem = n_int & (modulus - 1)  # power-of-two base: the modulus is a bit mask
+    else:
+      # n mod m without an integer division (CPUs have no vector form of it): for 0 <= n < 2**24
+      # the float quotient n * fl(1/m) is within 2/m < 1 of n/m, so its floor is off by at most
+      # one, which the exact int32 remainder then corrects.
+      rem = n_int - jnp.floor(n * (1.0 / modulus)).astype(jnp.int32) * modulus
+      rem = jnp.where(rem < 0, rem + modulus, rem)
+      rem = jnp.where(rem >= modulus, rem - modulus, rem)
+    blocks.append(rem[None] >= ranks * place)
+  return jnp.concatenate(blocks, axis=0)
 
 
 def expg_if(current: Array, theta: Any, base: int, groups: int, method: str = "scan",
