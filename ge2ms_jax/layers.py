@@ -114,13 +114,42 @@ def _path(module: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 # Synapses
 # ---------------------------------------------------------------------------------------------
-def _conv(x: Array, kernel: Array, stride: int, groups: int, dtype: Any) -> Array:
-  """NHWC convolution with 'same'-style padding over any number of leading batch axes."""
+def _shift_sum(x: Array, kernel: Array, stride: int) -> Array:
+  """Depthwise convolution `[N, H, W, C] * [k, k, 1, C]` as a sum of k*k shifted slices.
+
+  XLA's CPU backend runs grouped convolutions (`feature_group_count = C`) several times slower than
+  this elementwise form, forward and backward; on accelerators both are fast.
+  """
   k = kernel.shape[0]
+  h, w = x.shape[1:3]
+  ho, wo = -(-h // stride), -(-w // stride)
+  xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] * kernel[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
+def _conv(x: Array, kernel: Array, stride: int, groups: int, dtype: Any) -> Array:
+  """NHWC convolution with 'same'-style padding over any number of leading batch axes.
+
+  Pointwise layers are a matrix product and depthwise ones a shifted-slice sum (both faster than
+  XLA's generic convolution on CPU); other convolutions use `lax.conv_general_dilated`.
+  """
+  k, _, ipg, cout = kernel.shape
   lead = x.shape[:-3]
-  y = jax.lax.conv_general_dilated(
-      x.reshape((-1,) + x.shape[-3:]).astype(dtype), kernel.astype(dtype), (stride, stride),
-      [(k // 2, k // 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  x = x.reshape((-1,) + x.shape[-3:]).astype(dtype)
+  kernel = kernel.astype(dtype)
+  if k == 1 and groups == 1:
+    y = jnp.einsum("nhwc,cd->nhwd", x[:, ::stride, ::stride, :], kernel[0, 0])
+  elif ipg == 1 and groups == x.shape[-1]:
+    mult = cout // groups
+    y = _shift_sum(jnp.repeat(x, mult, axis=-1) if mult > 1 else x, kernel, stride)
+  else:
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(k // 2, k // 2)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
   return y.reshape(lead + y.shape[1:])
 
 
@@ -129,9 +158,7 @@ def _box_sum(counts: Array, k: int, stride: int) -> Array:
   per-position count map `[..., H, W]`: each input event counted once per output it reaches."""
   lead = counts.shape[:-2]
   x = counts.reshape((-1,) + counts.shape[-2:] + (1,)).astype(jnp.float32)
-  ones = jnp.ones((k, k, 1, 1), jnp.float32)
-  y = jax.lax.conv_general_dilated(x, ones, (stride, stride), [(k // 2, k // 2)] * 2,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = _shift_sum(x, jnp.ones((k, k, 1, 1), jnp.float32), stride)
   return jnp.sum(y.reshape(lead + (-1,)), axis=-1)
 
 
