@@ -5,7 +5,8 @@ Every module takes a `mode`:
 * `"qann"`: the quantized ANN that training uses. Synapses have no bias and are followed by
   BatchNorm; neurons are the ExpG quantizer `Q`.
 * `"fused"`: the converted network (BatchNorm folded into synapse biases) applied to the weighted
-  sums of spikes; neurons return `spikes.Coded` values carrying spike counts.
+  sums of spikes; when the `"stats"` collection is mutable, neurons return `spikes.Coded` values
+  carrying spike counts so that synaptic operations are counted, otherwise plain values.
 * `"spike"`: the converted network run on binary spike trains (`spikes.SpikeTrain`); every synapse
   after the first has a {0, 1} operand and records its synaptic operations.
 * `"stbp"`: the baseline: same structure, IF/LIF neurons unrolled over `T` steps on a leading time
@@ -224,7 +225,7 @@ class Synapse(nn.Module):
     else:
       y = op(x, kernel)
       if self.mode in FOLDED_MODES:
-        if not self.first:
+        if not self.first and self.mode == "spike":
           raise ValueError(f"{_path(self)}: a synapse after the encoding layer received a real-valued "
                            "input in a spiking mode; only the first layer may (it would be a multiplication).")
         macs = float(np.prod(y.shape, dtype=np.float64)) * fan_in
@@ -306,6 +307,8 @@ class Neuron(nn.Module):
     if self.mode == "qann":
       return neurons.expg_quantize(current, theta, base, groups)
     if self.mode == "fused":
+      if not self.is_mutable_collection("stats"):
+        return neurons.expg_quantize(current, theta, base, groups)  # no statistics wanted: the fast path
       out = sp.coded_from_neuron(current, theta, base, groups)
       self.sow("stats", "neuron", {"order": sp.trace_order(), "spikes": jnp.sum(out.counts), "neurons": jnp.asarray(out.counts.size),
                                    "steps": jnp.asarray(groups * (base - 1)),

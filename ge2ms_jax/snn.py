@@ -95,12 +95,14 @@ def _config_key(config: ml_collections.ConfigDict) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _apply_fn(config_json: str, mode: str):
+def _apply_fn(config_json: str, mode: str, stats: bool = True):
   config = ml_collections.ConfigDict(json.loads(config_json))
   net = models.build(config, mode=mode)
 
   @jax.jit
   def run(variables, images):
+    if not stats:
+      return net.apply(variables, images), {}
     logits, state = net.apply(variables, images, mutable=["stats"])
     return logits, state["stats"]
 
@@ -164,7 +166,7 @@ def collect_stats(stats: Mapping[str, Any]) -> list[LayerStats]:
 
 
 def simulate(snn_variables: Mapping[str, Any], images: Array, mode: str = "spike", *,
-             config: ml_collections.ConfigDict) -> SimResult:
+             config: ml_collections.ConfigDict, stats: bool = True) -> SimResult:
   """Runs the converted SNN on a batch.
 
   Args:
@@ -172,17 +174,22 @@ def simulate(snn_variables: Mapping[str, Any], images: Array, mode: str = "spike
     images: `[B, H, W, C]` float images (normalised like the training data).
     mode: `"spike"` (binary spike trains, multiplication-free check) or `"fused"`.
     config: the model config the network was trained and converted with.
+    stats: collect per-layer statistics (and, in spike mode, check every product's operands). The
+      fused path without statistics is the fastest way to the SNN's outputs.
 
   Returns:
-    `SimResult(logits [B, classes], layers, num_images=B)`.
+    `SimResult(logits [B, classes], layers, num_images=B)` (`layers` empty without statistics).
 
   Raises:
     ValueError: for an unknown mode; MultiplicationFreeError: if a product lost its binary operand.
   """
   if mode not in SIM_MODES:
     raise ValueError(f"simulate: mode must be one of {SIM_MODES}, got {mode!r}.")
-  logits, stats = _apply_fn(_config_key(config), mode)(snn_variables, images)
-  return SimResult(logits=logits, layers=collect_stats(stats), num_images=int(images.shape[0]))
+  if mode == "spike" and not stats:
+    raise ValueError("simulate: spike mode always collects statistics, since they carry the "
+                     "multiplication-free check; use mode='fused' for outputs alone.")
+  logits, collected = _apply_fn(_config_key(config), mode, stats)(snn_variables, images)
+  return SimResult(logits=logits, layers=collect_stats(collected), num_images=int(images.shape[0]))
 
 
 def merge(results: list[SimResult]) -> SimResult:

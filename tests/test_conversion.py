@@ -73,6 +73,9 @@ def test_spike_simulation_equals_qann_in_float64(overrides):
     np.testing.assert_array_equal(jnp.argmax(res.logits, -1), jnp.argmax(lq, -1))
     fused = snn.simulate(converted, x, "fused", config=cfg)
     np.testing.assert_allclose(fused.logits, lq, rtol=0, atol=1e-9)
+    fast = snn.simulate(converted, x, "fused", config=cfg, stats=False)
+    np.testing.assert_array_equal(fast.logits, fused.logits)
+    assert fast.layers == []
     # Both paths count the same synaptic operations and spikes.
     for a, b in zip(res.layers, fused.layers):
       assert a.name == b.name and a.kind == b.kind
