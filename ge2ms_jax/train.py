@@ -392,7 +392,9 @@ class Trainer:
                                   if math.isfinite(self.steps_per_epoch) else 0.0)
     self.tx = make_optimizer(config, self.schedule)
 
-    init = make_init_fn(self.net, self.tx, config, self.batch_spec["image"])
+    image = self.batch_spec["image"]  # Initialized with one example: shapes are all it needs.
+    init = make_init_fn(self.net, self.tx, config,
+                        jax.ShapeDtypeStruct((1, *image.shape[1:]), image.dtype))
     rng_data = jax.random.key_data(jax.random.key(config.seed))
     self.state_shapes = jax.eval_shape(init, rng_data)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state_shapes.params))

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from ge2ms_jax import metrics as metrics_lib
+from ge2ms_jax import sharding as sharding_lib
 from ge2ms_jax import train
 from test_train_support import ArrayData, TinyNet, leaves_equal, small_config
 
@@ -268,3 +269,16 @@ def test_run_length_from_epochs():
   assert per_epoch == 100 / 16 and steps == int(np.ceil(2.5 * 100 / 16))
   with pytest.raises(ValueError, match="no split 'val'"):
     train.num_examples(info, "val")
+
+
+def test_weight_decay_mask_on_the_real_network():
+  from ge2ms_jax import model as models
+  net = models.build(models.default_config("tiny"))
+  shapes = jax.eval_shape(lambda: net.init({"params": jax.random.key(0)}, jnp.zeros((1, 28, 28, 1)),
+                                           train=False))["params"]
+  mask = train.weight_decay_mask(shapes, train.DEFAULT_WD_EXCLUDE)
+  decayed = {sharding_lib.path_str(p).rsplit("/", 1)[-1]
+             for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+  skipped = {sharding_lib.path_str(p).rsplit("/", 1)[-1]
+             for p, m in jax.tree_util.tree_leaves_with_path(mask) if not m}
+  assert decayed == {"kernel"} and skipped == {"bias", "scale", "theta"}
