@@ -292,44 +292,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   _time_interleaved(rows + torch_rows, reps, block=1 if args.quick else 5)
 
   table = [r.summary() for r in rows + torch_rows]
-  ms = {r["name"]: r["median_ms"] for r in table}
-  b0, g0 = codes[0]
-  expg = {m: ms[f"expg_if[{m}] b={b0} G={g0}"] for m in ("scan", "steps", "closed")}
-  fastest = min(expg, key=expg.get)
-  ratios: dict[str, Any] = {
-      "primary_code": f"{b0}:{g0}",
-      "fastest_expg_method": fastest,
-      "closed_over_floor": expg["closed"] / ms["floor[float32]"],
-      "closed_bool_over_floor_bool": ms[f"expg_if[closed] b={b0} G={g0} bool"] / ms["floor[bool]"],
-      "scan_over_closed": expg["scan"] / expg["closed"],
-      "steps_over_closed": expg["steps"] / expg["closed"],
-      "if_jax_over_fastest_expg": {r: ms[f"if_neuron[{r}]"] / expg[fastest] for r in ("hard", "soft")},
-      "per_code": {
-          f"{b}:{g}": dict(
-              **{f"{m}_ms": ms[f"expg_if[{m}] b={b} G={g}"] for m in ("scan", "steps", "closed")},
-              closed_over_floor=ms[f"expg_if[closed] b={b} G={g}"] / ms["floor[float32]"])
-          for b, g in codes},
-  }
-  targets: dict[str, Any] = {
-      "closed_over_floor_max": TARGET_CLOSED_OVER_FLOOR,
-      "closed_over_floor_met": ratios["closed_over_floor"] <= TARGET_CLOSED_OVER_FLOOR,
-      "spikingjelly_over_fastest_expg_min": TARGET_SJ_OVER_EXPG,
-  }
-  if sj["status"] == "ran":
-    sj_ms = {r: ms[f"spikingjelly.IFNode[{r}]"] for r in ("hard", "soft")}
-    # Same T: both produce the spikes of T steps for the same neurons.
-    ratios["spikingjelly_over_fastest_expg_same_T"] = {r: sj_ms[r] / expg[fastest] for r in sj_ms}
-    # Per input tensor: IFNode consumes T input tensors, ExpG-IF one aggregated current.
-    ratios["spikingjelly_per_input_over_fastest_expg"] = {r: sj_ms[r] / T / expg[fastest] for r in sj_ms}
-    ratios["spikingjelly_over_if_jax"] = {r: sj_ms[r] / ms[f"if_neuron[{r}]"] for r in sj_ms}
-    ratios["spikingjelly_over_expg_per_code"] = {
-        f"{b}:{g}": {r: sj_ms[r] / min(ms[f"expg_if[{m}] b={b} G={g}"] for m in ("scan", "steps", "closed"))
-                     for r in sj_ms} for b, g in codes}
+  ratios = _ratios({r["name"]: r["median_ms"] for r in table}, codes, sj["status"] == "ran")
+  ratios_min = _ratios({r["name"]: r["min_ms"] for r in table}, codes, sj["status"] == "ran")
+  targets = {"closed_over_floor_max": TARGET_CLOSED_OVER_FLOOR,
+             "spikingjelly_over_fastest_expg_min": TARGET_SJ_OVER_EXPG}
+  for stat, rat in (("median", ratios), ("min", ratios_min)):
+    targets[f"closed_over_floor_met_{stat}"] = rat["closed_over_floor"] <= TARGET_CLOSED_OVER_FLOOR
     # IFNode's default is the hard reset (v_reset=0); the soft reset is reported beside it.
-    targets["spikingjelly_over_fastest_expg_met"] = {
-        r: v >= TARGET_SJ_OVER_EXPG for r, v in ratios["spikingjelly_over_fastest_expg_same_T"].items()}
-  else:
-    targets["spikingjelly_over_fastest_expg_met"] = None
+    targets[f"spikingjelly_over_fastest_expg_met_{stat}"] = (
+        {r: v >= TARGET_SJ_OVER_EXPG for r, v in rat["spikingjelly_over_fastest_expg_same_T"].items()}
+        if sj["status"] == "ran" else None)
 
   result = {
       "benchmark": "neurons",
@@ -348,7 +320,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      floor="jit((x[None] >= thresholds[:, None, ...]).astype(out_dtype)), same [T, *shape] output"),
       "spikingjelly": sj,
       "checks": checks,
+      # Ratios of the medians; the same ratios of the minima are less sensitive to other processes.
       "ratios": ratios,
+      "ratios_from_min_times": ratios_min,
       "targets": targets,
       "rows": table,
   }
@@ -357,6 +331,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   args.out.write_text(json.dumps(result, indent=2) + "\n")
   print(f"\nwrote {args.out}")
   return result
+
+
+def _ratios(ms: dict[str, float], codes, sj_ran: bool) -> dict[str, Any]:
+  """The benchmark's ratios from one time per row (`ms`: row name -> milliseconds)."""
+  (b0, g0), T = codes[0], codes[0][1] * (codes[0][0] - 1)
+  methods = ("scan", "steps", "closed")
+  expg = {m: ms[f"expg_if[{m}] b={b0} G={g0}"] for m in methods}
+  fastest = min(expg, key=expg.get)
+  ratios: dict[str, Any] = {
+      "primary_code": f"{b0}:{g0}",
+      "fastest_expg_method": fastest,
+      "closed_over_floor": expg["closed"] / ms["floor[float32]"],
+      "closed_bool_over_floor_bool": ms[f"expg_if[closed] b={b0} G={g0} bool"] / ms["floor[bool]"],
+      "scan_over_closed": expg["scan"] / expg["closed"],
+      "steps_over_closed": expg["steps"] / expg["closed"],
+      "if_jax_over_fastest_expg": {r: ms[f"if_neuron[{r}]"] / expg[fastest] for r in ("hard", "soft")},
+      "per_code": {
+          f"{b}:{g}": dict(**{f"{m}_ms": ms[f"expg_if[{m}] b={b} G={g}"] for m in methods},
+                           closed_over_floor=ms[f"expg_if[closed] b={b} G={g}"] / ms["floor[float32]"])
+          for b, g in codes},
+  }
+  if sj_ran:
+    sj_ms = {r: ms[f"spikingjelly.IFNode[{r}]"] for r in ("hard", "soft")}
+    # Same T: both produce the spikes of T steps for the same neurons.
+    ratios["spikingjelly_over_fastest_expg_same_T"] = {r: sj_ms[r] / expg[fastest] for r in sj_ms}
+    # Per input tensor: IFNode consumes T input tensors, ExpG-IF one aggregated current.
+    ratios["spikingjelly_per_input_over_fastest_expg"] = {r: sj_ms[r] / T / expg[fastest] for r in sj_ms}
+    ratios["spikingjelly_over_if_jax"] = {r: sj_ms[r] / ms[f"if_neuron[{r}]"] for r in sj_ms}
+    ratios["spikingjelly_over_floor"] = {r: sj_ms[r] / ms["floor[float32]"] for r in sj_ms}
+    ratios["spikingjelly_over_expg_per_code"] = {
+        f"{b}:{g}": {r: sj_ms[r] / min(ms[f"expg_if[{m}] b={b} G={g}"] for m in methods) for r in sj_ms}
+        for b, g in codes}
+  return ratios
 
 
 def _load_average() -> float | None:
@@ -383,8 +390,10 @@ def _print(result: dict[str, Any]) -> None:
     faults = r["minor_page_faults_per_call"]
     print(f"  {r['name']:40s} {'x'.join(map(str, r['input_shape'])):>16s} {r['output_dtype']:>8s} "
           f"{r['median_ms']:10.2f} {r['min_ms']:9.2f} {'' if faults is None else faults:>8}")
-  print("ratios:")
+  print("ratios (of the medians):")
   print(json.dumps(result["ratios"], indent=2))
+  print("ratios (of the minima):")
+  print(json.dumps(result["ratios_from_min_times"], indent=2))
   print("targets:", json.dumps(result["targets"]))
   print("checks:", json.dumps(result["checks"]))
   if result["spikingjelly"]["status"] != "ran":

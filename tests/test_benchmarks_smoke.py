@@ -38,6 +38,9 @@ def test_neurons_benchmark_quick(tmp_path):
     assert len(r["times_ms"]) == 2 and r["median_ms"] > 0
     assert r["input_shape"] == ([8] if r["kind"] in ("if_jax", "if_spikingjelly") else []) + list(bench.QUICK_SHAPE)
 
+  assert set(saved["ratios_from_min_times"]) == set(saved["ratios"])
+  for stat in ("median", "min"):
+    assert isinstance(saved["targets"][f"closed_over_floor_met_{stat}"], bool)
   ratios = saved["ratios"]
   assert ratios["fastest_expg_method"] in ("scan", "steps", "closed")
   assert ratios["closed_over_floor"] > 0 and set(ratios["per_code"]) == {f"{b}:{g}" for b, g in bench.CODES}
@@ -45,7 +48,7 @@ def test_neurons_benchmark_quick(tmp_path):
   sj = saved["spikingjelly"]
   assert sj["status"] in ("ran", "skipped")
   if sj["status"] == "skipped":
-    assert sj["reason"] and saved["targets"]["spikingjelly_over_fastest_expg_met"] is None
+    assert sj["reason"] and saved["targets"]["spikingjelly_over_fastest_expg_met_median"] is None
     assert not any(r["framework"] == "torch" for r in saved["rows"])
   else:
     assert set(ratios["spikingjelly_over_fastest_expg_same_T"]) == {"hard", "soft"}
