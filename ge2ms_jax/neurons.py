@@ -226,12 +226,26 @@ def _membrane_int(current: Array, theta: Any, levels: int) -> Array:
 # The ANN twin: Q(x) with straight-through / learnable-threshold gradients
 # ---------------------------------------------------------------------------------------------
 def _sum_to_shape(g: Array, shape: tuple[int, ...]) -> Array:
-  """Sums a broadcast gradient `g` back to `shape` (trailing-axis broadcasting)."""
+  """Sums a broadcast gradient `g` back to `shape` (a scalar or a trailing-axis vector).
+
+  The sum runs in two stages, first over rows of the last axis, then over that axis: XLA's CPU
+  backend reduces a fused expression straight to a scalar many times slower than a column sum.
+  """
   if g.shape == tuple(shape):
     return g
-  lead = g.ndim - len(shape)
-  axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1)
-  return jnp.sum(g, axis=axes).reshape(shape)
+  if len(shape) > 1:
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1)
+    return jnp.sum(g, axis=axes).reshape(shape)
+  cols = jnp.sum(g.reshape(-1, g.shape[-1]) if g.ndim else g.reshape(1, 1), axis=0)
+  if len(shape) == 1 and shape[0] == cols.shape[0]:
+    return cols
+  return jnp.sum(cols).reshape(shape)
+
+
+def _level_int_dtype(levels: int):
+  """Smallest signed integer type holding the levels -1..L (saved between forward and backward)."""
+  return jnp.int8 if levels < 127 else (jnp.int16 if levels < 32767 else jnp.int32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -241,13 +255,17 @@ def _quantize(x: Array, theta: Array, levels: int) -> Array:
 
 
 def _quantize_fwd(x, theta, levels):
-  return _quantize(x, theta, levels), (x, theta)
+  m = _signed_level(x, theta, levels)
+  out = (jnp.clip(m, 0, levels - 1) * level_step(theta, levels, m.dtype)).astype(x.dtype)
+  # The level is kept as a small integer: the backward pass needs it, and recomputing it costs more
+  # than reading one byte per element.
+  return out, (x, theta, m.astype(_level_int_dtype(levels)))
 
 
 def _quantize_bwd(levels, res, g):
-  x, theta = res
+  x, theta, m = res
   ct = _compute_dtype(x.dtype)
-  m = _signed_level(x, theta, levels)
+  m = m.astype(ct)
   inside = (m >= 0) & (m <= levels - 1)
   above = m >= levels
   g = g.astype(ct)
