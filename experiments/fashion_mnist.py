@@ -42,18 +42,21 @@ def get_config(arg=None):
   config.model.image_size = 28
   config.model.in_channels = 1
 
-  config.batch_size = 256
-  config.total_epochs = 30.0
+  # Sized for two CPU cores: the embedded subset (10k images) trains in about 7 minutes; the full
+  # set (60k) is the reference run behind the README's results table.
+  full = arg.data != "fashion_mnist"
+  config.batch_size = 64
+  config.total_epochs = 16.0 if full else 5.0
   config.optax.name = "adamw"
-  config.optax.lr = 2e-3
+  config.optax.lr = 4e-3
   config.optax.wd = 0.05
   config.optax.clip_norm = 1.0
   config.schedule.decay_type = "cosine"
-  config.schedule.warmup_epochs = 1.0
+  config.schedule.warmup_epochs = 0.5
 
   config.log_every_steps = 50
   config.ckpt.every_steps = 500
-  config.evals.every_steps = 500
+  config.evals.every_steps = 2000 if full else 500
   config.evals.batch_size = 256
 
   if arg.runlocal:

@@ -136,8 +136,8 @@ class EnergyReport:
                 color=[colors.get(r.kind, "tab:gray") if r.macs == 0 else "tab:red" for r in syn])
     axes[0].set_xticks(range(len(syn)), [r.name for r in syn], rotation=90, fontsize=6)
     axes[0].set_ylabel("energy per image (uJ)")
-    axes[0].set_title(f"SNN {self.snn_mj:.4f} mJ vs ANN {self.ann_mj:.4f} mJ per image "
-                      f"(red: encoding layer MACs; blue conv/dense, orange attention, green shortcuts)")
+    axes[0].set_title(f"SNN {self.snn_mj:.4f} mJ vs ANN {self.ann_mj:.4f} mJ per image\n"
+                      "red: encoding MACs, blue: conv/dense, orange: attention, green: shortcuts", fontsize=9)
     axes[1].bar(range(len(neu)), [r.firing_rate or 0.0 for r in neu], color="tab:purple")
     axes[1].set_xticks(range(len(neu)), [r.name for r in neu], rotation=90, fontsize=6)
     axes[1].set_ylabel("firing rate (spikes / neuron / step)")

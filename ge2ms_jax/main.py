@@ -1,4 +1,4 @@
-"""Command line: train, evaluate (and later convert / energy / verify) an experiment.
+"""Command line: train, evaluate, convert, measure energy, verify, plan spike codes, or run it all.
 
     python -m ge2ms_jax.main --config experiments/fashion_mnist.py:runlocal --workdir /tmp/fm
     python -m ge2ms_jax.main --config experiments/cifar10.py:variant=s --workdir gs://.../c10 \\
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -40,33 +41,133 @@ def register_mode(name: str) -> Callable[[ModeFn], ModeFn]:
 @register_mode("train")
 def _train(config, workdir, args) -> int:
   from ge2ms_jax import train  # pylint: disable=g-import-not-at-top
+  if workdir is None:
+    raise SystemExit("error: --mode train needs --workdir.")
   result = train.train_and_evaluate(config, workdir)
   return 0 if result.status in ("done", "preempted") else 1
 
 
+def _load(config, workdir, args):
+  from ge2ms_jax import train  # pylint: disable=g-import-not-at-top
+  if workdir is None and args.checkpoint is None:
+    raise SystemExit(f"error: --mode {args.mode} needs --workdir (its newest checkpoint) or --checkpoint PATH.")
+  return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint)
+
+
+def _variables(config, run):
+  import jax  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
+  return jax.device_get(evaluation.qann_variables(run.state, config))
+
+
+def _first_batch(config, args, batch_size: int):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import data  # pylint: disable=g-import-not-at-top
+  it = data.build_iterator(config, split=config.evals.get("split") or config.data.eval_split,
+                           global_batch_size=batch_size, train=False, num_epochs=1, eval_data=args.eval_data)
+  try:
+    return jnp.asarray(next(iter(it))["image"])
+  finally:
+    getattr(it, "close", lambda: None)()
+
+
 @register_mode("evaluate")
 def _evaluate(config, workdir, args) -> int:
-  from ge2ms_jax import train  # pylint: disable=g-import-not-at-top
-  result = train.evaluate_checkpoint(config, workdir, args.checkpoint)
-  print(json.dumps(result, indent=2))
+  """QANN and converted SNN on the eval split (or --eval_data); the last line printed is JSON."""
+  from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  result = evaluation.evaluate_snn(config, _variables(config, run), eval_data=args.eval_data,
+                                   max_examples=args.max_examples, mode=args.snn_mode)
+  metrics = {"checkpoint_step": run.step, **result.metrics}
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, f"evaluate_{run.step}.json"), "w") as f:
+      json.dump(metrics, f, indent=1)
+  print(evaluation.summary_line(metrics))
   return 0
 
 
-# Modes that come with later modules; they register themselves under these names when present.
-_PENDING = {"convert": "conversion", "energy": "energy", "verify": "conversion"}
+@register_mode("convert")
+def _convert(config, workdir, args) -> int:
+  """Converts the newest (or --checkpoint) QANN and writes `<workdir>/snn/` (params + model config)."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import conversion  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  converted = conversion.convert(_variables(config, run), config.model)
+  out = os.path.join(workdir or os.path.dirname(os.path.abspath(args.checkpoint)), "snn")
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "snn_params.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(converted))
+  with open(os.path.join(out, "model_config.json"), "w") as f:
+    f.write(config.model.to_json(indent=1))
+  print(f"converted step {run.step}: {len(conversion.neuron_sites(converted))} neuron sites, BatchNorm "
+        f"folded; wrote {out}")
+  return 0
 
 
-def _pending(mode: str, module: str) -> ModeFn:
-  def fn(config, workdir, args) -> int:
-    ready = sorted(m for m, f in MODES.items() if not getattr(f, "pending", False))
-    raise NotImplementedError(f"--mode {mode} is not available yet: it comes with "
-                              f"ge2ms_jax.{module}. Available modes: {', '.join(ready)}.")
-  fn.pending = True
-  return fn
+@register_mode("energy")
+def _energy(config, workdir, args) -> int:
+  """Per-layer energy of the SNN on the eval split: table, JSON and PNG in `<workdir>/energy/`."""
+  from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  result = evaluation.evaluate_snn(config, _variables(config, run), eval_data=args.eval_data,
+                                   max_examples=args.max_examples or 512, mode=args.snn_mode)
+  print(result.energy.format_table())
+  if workdir is not None:
+    out = os.path.join(workdir, "energy")
+    os.makedirs(out, exist_ok=True)
+    result.energy.save_json(os.path.join(out, f"energy_{run.step}.json"))
+    result.energy.plot(os.path.join(out, f"energy_{run.step}.png"))
+  print(evaluation.summary_line(result.metrics))
+  return 0
 
 
-for _mode, _module in _PENDING.items():
-  MODES.setdefault(_mode, _pending(_mode, _module))
+@register_mode("verify")
+def _verify(config, workdir, args) -> int:
+  """QANN and SNN side by side on one eval batch: the max difference at every neuron site."""
+  from ge2ms_jax import conversion, snn  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  variables = _variables(config, run)
+  images = _first_batch(config, args, args.max_examples or 16)
+  rows = snn.verify(variables, conversion.convert(variables, config.model), images, config=config.model,
+                    mode=args.snn_mode)
+  print(snn.format_verify(rows))
+  return 0
+
+
+@register_mode("plan")
+def _plan(config, workdir, args) -> int:
+  """Chooses per-site (base, groups) at fixed levels from measured spikes; prints the override."""
+  from ge2ms_jax import conversion, planning  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  variables = _variables(config, run)
+  images = _first_batch(config, args, args.max_examples or 64)
+  plan = planning.plan_codes(config.model, conversion.convert(variables, config.model), images,
+                             max_steps=args.max_steps)
+  print(f"energy before {plan.before.snn_mj:.6f} mJ/image, after {plan.after.snn_mj:.6f} mJ/image "
+        f"(SOPs {plan.before.sops:.4g} -> {plan.after.sops:.4g}, spikes/neuron "
+        f"{plan.before.spikes_per_neuron:.4f} -> {plan.after.spikes_per_neuron:.4f})")
+  print(f"--config.model.neuron_overrides='{plan.overrides}'")
+  return 0
+
+
+@register_mode("all")
+def _all(config, workdir, args) -> int:
+  """The main job: train (or resume), convert, simulate the SNN, evaluate, and write the report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import report, train  # pylint: disable=g-import-not-at-top
+  if workdir is None:
+    raise SystemExit("error: --mode all needs --workdir.")
+  result = train.train_and_evaluate(config, workdir)
+  if result.status != "done":
+    print(f"training stopped ({result.status}) at step {result.step}; run the same command to resume.")
+    return 1
+  if jax.process_index() != 0:
+    return 0
+  run = train.load_run(config, workdir)
+  summary = report.write_report(config, workdir, run, max_examples=args.max_examples, mode=args.snn_mode)
+  print(report.format_summary(summary))
+  return 0
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
@@ -75,11 +176,22 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
       prog="python -m ge2ms_jax.main", description=__doc__.split("\n\n")[0],
       epilog="Override config fields with --config.KEY=VALUE (e.g. --config.optax.lr=1e-3).")
   parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
-  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+  parser.add_argument("--workdir", default=None,
+                      help="checkpoints, metrics and reports go here (needed to train; the other "
+                           "modes can read --checkpoint instead)")
   parser.add_argument("--mode", default="train", choices=sorted(MODES))
   parser.add_argument("--checkpoint", default=None,
                       help="evaluate/convert: a checkpoint dir or step folder (default: the "
                            "workdir's newest)")
+  parser.add_argument("--eval_data", default=None,
+                      help="evaluate/energy/verify on this dataset instead of the eval split: an "
+                           "ImageFolder directory or .tar.gz, or a directory of Fashion-MNIST IDX files")
+  parser.add_argument("--max_examples", type=int, default=None,
+                      help="evaluate/energy: stop after this many examples; verify/plan: batch size")
+  parser.add_argument("--snn_mode", default="spike", choices=("spike", "fused"),
+                      help="the SNN simulation: binary spike trains (default) or fused spike sums")
+  parser.add_argument("--max_steps", type=int, default=None,
+                      help="plan: the most time steps a neuron site may use")
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)

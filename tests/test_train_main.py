@@ -24,13 +24,13 @@ def test_train_then_evaluate_a_named_checkpoint(tmp_path, capsys):
   assert saved["total_steps"] == 2 and saved["model"]["variant"] == "tiny"
 
   capsys.readouterr()
-  assert main.main(ARGS + ["--workdir", workdir, "--mode", "evaluate",
+  assert main.main(ARGS + ["--workdir", workdir, "--mode", "evaluate", "--snn_mode", "fused",
                            "--checkpoint", f"{workdir}/checkpoints/2"]) == 0
   out = capsys.readouterr().out
-  evaluated = json.loads(out[out.index("{"):])
-  assert evaluated == json.loads((tmp_path / "run" / "eval_2.json").read_text())
-  assert evaluated["step"] == 2
-  assert evaluated["top1"] == pytest.approx(result["eval_top1"], abs=1e-6)
+  evaluated = json.loads(out.strip().splitlines()[-1])
+  assert evaluated == json.loads((tmp_path / "run" / "evaluate_2.json").read_text())
+  assert evaluated["checkpoint_step"] == 2 and evaluated["num_examples"] == 2500
+  assert evaluated["qann_top1"] == pytest.approx(result["eval_top1"], abs=1e-6)
 
 
 def test_cli_errors_name_the_key_and_close_matches(tmp_path, capsys):
@@ -50,12 +50,3 @@ def test_batch_size_not_divisible_is_reported(tmp_path):
   with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the data-parallel size 8"):
     main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--workdir", str(tmp_path),
                "--config.batch_size=12"])
-
-
-def test_modes_still_to_come_say_so(tmp_path):
-  if not getattr(main.MODES["convert"], "pending", False):
-    pytest.skip("conversion mode is installed")
-  with pytest.raises(NotImplementedError, match=r"--mode convert is not available yet.*"
-                                                r"Available modes: .*evaluate"):
-    main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--workdir", str(tmp_path),
-               "--mode", "convert"])

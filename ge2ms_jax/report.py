@@ -1,0 +1,220 @@
+"""The main job: train the QANN, convert it, simulate the SNN, and write a report.
+
+    python -m ge2ms_jax.main --config experiments/fashion_mnist.py --workdir workdirs/fashion_mnist --mode all
+
+`run_all` trains (resuming the workdir's run if there is one), loads the newest checkpoint, converts
+it, evaluates the QANN and the spiking SNN on the evaluation split, checks them layer by layer on a
+batch, and writes into `<workdir>/report/`:
+
+* `report.json`: the evaluation metrics, energy per layer, the verification table, where things are;
+* `report.md`: the same for people;
+* `training.png` (loss, accuracy, evaluation top-1 over steps), `energy.png` (energy per layer and
+  firing rate per neuron site), `raster.png` (spikes of a few neurons of several sites over the T
+  steps of one image).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ge2ms_jax import evaluation
+from ge2ms_jax import layers as L
+from ge2ms_jax import metrics as metrics_lib
+from ge2ms_jax import model as models
+from ge2ms_jax import neurons
+from ge2ms_jax import snn
+
+_log = logging.getLogger(__name__)
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_training(jsonl_path: str, out_path: str) -> bool:
+  """Training loss/accuracy and evaluation top-1 over steps from `metrics.jsonl`; False if empty."""
+  rows = metrics_lib.read_jsonl(jsonl_path) if os.path.exists(jsonl_path) else []
+  train = [r for r in rows if "train/loss" in r]
+  evals = [r for r in rows if "eval/top1" in r]
+  if not train and not evals:
+    return False
+  plt = _plt()
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    a.plot([r["step"] for r in train], [r["train/loss"] for r in train], label="train loss")
+    a.set_xlabel("step")
+    a.set_ylabel("cross-entropy")
+    a.legend()
+    if "train/accuracy" in train[0]:
+      b.plot([r["step"] for r in train], [r["train/accuracy"] for r in train], label="train accuracy (batch)")
+  if evals:
+    b.plot([r["step"] for r in evals], [r["eval/top1"] for r in evals], "o-", label="eval top-1 (QANN)")
+  b.set_xlabel("step")
+  b.set_ylabel("accuracy")
+  b.legend()
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def spike_trains(config: ml_collections.ConfigDict, snn_variables: Mapping[str, Any], image: jax.Array
+                 ) -> dict[str, np.ndarray]:
+  """The spikes `[T, H, W, C]` of every neuron site for one image `[1, H, W, C]`, in network order."""
+  net = models.build(config, "spike")
+  order: list[str] = []
+
+  def is_neuron(module, _):
+    if isinstance(module, L.Neuron):
+      order.append("/".join(module.path))
+      return True
+    return False
+
+  _, state = jax.jit(lambda v, x: net.apply(v, x, mutable=["intermediates", "stats"],
+                                            capture_intermediates=is_neuron))(snn_variables, image)
+  found = {}
+
+  def visit(tree, path):
+    for key, value in tree.items():
+      if key == "__call__":
+        found["/".join(path)] = np.asarray(value[0].spikes[:, 0])
+      elif isinstance(value, Mapping):
+        visit(value, path + [key])
+
+  visit(state["intermediates"], [])
+  return {site: found[site] for site in dict.fromkeys(order)}
+
+
+def _distinct_patterns(s: np.ndarray, count: int) -> np.ndarray:
+  """Indices of up to `count` neurons with distinct spike patterns `s[:, i]`, ordered by pattern.
+
+  Silent and always-firing neurons are shown only when too few others exist: the interesting rows
+  are those whose digits differ from step to step.
+  """
+  patterns, first = np.unique(s.T.astype(np.uint8), axis=0, return_index=True)
+  counts = patterns.sum(1)
+  inner = [i for i, c in zip(first, counts) if 0 < c < s.shape[0]]
+  outer = [i for i, c in zip(first, counts) if not 0 < c < s.shape[0]]
+  chosen = (inner + outer)[:count]
+  return np.asarray(sorted(chosen, key=lambda i: tuple(s[:, i])), dtype=int)
+
+
+def plot_raster(trains: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, out_path: str,
+                sites: int = 4, per_site: int = 12) -> list[str]:
+  """Spike raster of neurons with distinct spike patterns at a few sites over their T steps.
+
+  Returns:
+    the names of the sites shown.
+  """
+  names = list(trains)
+  chosen = [names[int(i)] for i in np.linspace(0, len(names) - 1, min(sites, len(names)))]
+  codes = models.neuron_codes(config)
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 4), squeeze=False)
+  for ax, site in zip(axes[0], chosen):
+    s = trains[site].reshape(trains[site].shape[0], -1)
+    active = _distinct_patterns(s, per_site)
+    spec = codes.resolve(site)
+    group, _, _ = neurons.step_layout(spec.base, spec.groups)
+    for row, idx in enumerate(active):
+      t = np.nonzero(s[:, idx])[0]
+      ax.scatter(t, np.full_like(t, row), marker="|", s=120, color="black")
+    for g in range(1, spec.groups):
+      ax.axvline(np.searchsorted(group, g + 1) - 0.5, color="tab:red", lw=0.8, ls="--")
+    ax.set_xlim(-0.5, s.shape[0] - 0.5)
+    ax.set_ylim(-0.5, max(len(active), 1) - 0.5)
+    ax.set_xlabel(f"time step (b={spec.base}, G={spec.groups})")
+    ax.set_ylabel("neuron (by level encoded)")
+    ax.set_title(site, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return chosen
+
+
+def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) -> str:
+  m = summary["metrics"]
+  lines = [
+      f"# Ge2mS-T report: {summary['experiment']}", "",
+      f"Checkpoint: `{summary['checkpoint']}` (step {summary['step']})", "",
+      "| metric | value |", "|---|---|",
+      f"| QANN top-1 | {100 * m['qann_top1']:.2f}% |",
+      f"| SNN top-1 ({m['snn_mode']} mode) | {100 * m['snn_top1']:.2f}% |",
+      f"| prediction agreement | {100 * m['agreement']:.2f}% |",
+      f"| examples | {m['num_examples']} ({m['eval_data']}) |",
+      f"| time steps T | {m['time_steps']} |",
+      f"| spikes per neuron | {m['spikes_per_neuron']:.4f} |",
+      f"| firing rate | {m['firing_rate']:.4f} |",
+      f"| SNN energy per image | {m['energy_mj_per_image']:.6f} mJ |",
+      f"| ANN energy per image (same network, all MACs) | {m['ann_energy_mj_per_image']:.6f} mJ |",
+      f"| ANN / SNN energy | {m['ann_over_snn_energy']:.2f}x |", "",
+      "![training](training.png)", "", "![energy](energy.png)", "", "![raster](raster.png)", "",
+      "## Energy per layer", "", "```", energy_table, "```", "",
+      "## QANN vs SNN, layer by layer (one batch)", "", "```", verify_table, "```", ""]
+  return "\n".join(lines)
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
+                 max_examples: int | None = None, mode: str = "spike") -> dict[str, Any]:
+  """Evaluates a loaded run (`train.load_run`) and writes `<workdir>/report/`; returns the summary."""
+  out_dir = os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  variables = evaluation.qann_variables(run.state, config)
+  variables = jax.device_get(variables)
+  result = evaluation.evaluate_snn(config, variables, max_examples=max_examples, mode=mode)
+  from ge2ms_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  it = data_lib.build_iterator(config, split=result.metrics["eval_data"], global_batch_size=8, sharding=None,
+                               train=False, num_epochs=1)
+  try:
+    batch = next(iter(it))
+  finally:
+    getattr(it, "close", lambda: None)()
+  images = jnp.asarray(batch["image"])
+  rows = snn.verify(variables, result.snn_variables, images, config=config.model, mode=mode)
+  verify_table = snn.format_verify(rows)
+  energy_table = result.energy.format_table()
+  result.energy.plot(os.path.join(out_dir, "energy.png"))
+  plot_training(os.path.join(workdir, "metrics.jsonl"), os.path.join(out_dir, "training.png"))
+  trains = spike_trains(config.model, result.snn_variables, images[:1])
+  raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
+  summary = {
+      "experiment": config.get("name", "") or config.data.get("name", ""),
+      "checkpoint": os.path.join(workdir, "checkpoints", str(run.step)), "step": run.step,
+      "metrics": result.metrics, "energy": result.energy.to_json(),
+      "verify": rows, "raster_sites": raster_sites,
+      "files": {k: os.path.join(out_dir, f) for k, f in (("json", "report.json"), ("markdown", "report.md"),
+                                                          ("training", "training.png"),
+                                                          ("energy", "energy.png"), ("raster", "raster.png"))},
+  }
+  with open(summary["files"]["json"], "w") as f:
+    json.dump(summary, f, indent=1, default=str)
+  with open(summary["files"]["markdown"], "w") as f:
+    f.write(_markdown(summary, energy_table, verify_table))
+  return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+  """The lines the main job prints at its end."""
+  m = summary["metrics"]
+  return "\n".join([
+      f"QANN top-1            {100 * m['qann_top1']:.2f}%   ({m['num_examples']} examples of {m['eval_data']})",
+      f"SNN top-1             {100 * m['snn_top1']:.2f}%   ({m['snn_mode']} mode, multiplication-free checked)",
+      f"prediction agreement  {100 * m['agreement']:.2f}%",
+      f"time steps            {m['time_steps']}",
+      f"spikes per neuron     {m['spikes_per_neuron']:.4f}   (firing rate {m['firing_rate']:.4f})",
+      f"energy per image      SNN {m['energy_mj_per_image']:.6f} mJ   ANN {m['ann_energy_mj_per_image']:.6f} mJ"
+      f"   ({m['ann_over_snn_energy']:.1f}x)",
+      f"checkpoint            {summary['checkpoint']}",
+      f"report                {summary['files']['markdown']}  (+ report.json, training.png, energy.png, raster.png)",
+  ])

@@ -1,0 +1,100 @@
+"""The main job and the conversion-side modes of the command line, end to end on the real network."""
+
+import gzip
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from ge2ms_jax import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNLOCAL = ["--config", "experiments/fashion_mnist.py:runlocal", "--config.total_steps=3",
+            "--config.log_every_steps=1", "--config.evals.every_steps=3", "--config.evals.batch_size=512"]
+
+
+def _write_idx(directory: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes Fashion-MNIST-style gzip IDX files of a test split."""
+  directory.mkdir(parents=True)
+  n = len(labels)
+  header = b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big")
+  with gzip.open(directory / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    f.write(header + images.astype(np.uint8).tobytes())
+  with gzip.open(directory / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+    f.write(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + labels.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+  """Runs `--mode all` once (3 training steps, 96 evaluation images); returns (workdir, stdout)."""
+  workdir = tmp_path_factory.mktemp("main_job") / "run"
+  import contextlib
+  import io
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = main.main(RUNLOCAL + ["--workdir", str(workdir), "--mode", "all", "--max_examples", "96"])
+  assert code == 0
+  return workdir, out.getvalue()
+
+
+def test_main_job_trains_converts_simulates_and_reports(main_job):
+  workdir, stdout = main_job
+  for line in ("QANN top-1", "SNN top-1", "prediction agreement", "time steps", "spikes per neuron",
+               "energy per image", "checkpoint", "report"):
+    assert line in stdout
+  report = json.loads((workdir / "report" / "report.json").read_text())
+  m = report["metrics"]
+  for key in ("qann_top1", "snn_top1", "agreement", "energy_mj_per_image", "ann_energy_mj_per_image",
+              "num_examples", "time_steps", "spikes_per_neuron", "firing_rate"):
+    assert key in m, key
+  assert m["num_examples"] == 96 and m["time_steps"] == 4 and m["snn_mode"] == "spike"
+  # Float32 conversion: the SNN's predictions are the QANN's (up to rare level-boundary flips).
+  assert m["agreement"] >= 0.95 and abs(m["snn_top1"] - m["qann_top1"]) <= 0.05
+  assert 0 < m["energy_mj_per_image"] < m["ann_energy_mj_per_image"]
+  assert report["step"] == 3 and (workdir / "checkpoints" / "3").is_dir()
+  assert [r["site"] for r in report["verify"]][-1] == "logits"
+  assert max(r["mismatch_fraction"] for r in report["verify"][:-1]) < 0.01
+  for name in ("training.png", "energy.png", "raster.png", "report.md"):
+    assert (workdir / "report" / name).stat().st_size > 500, name
+  assert "SNN top-1" in (workdir / "report" / "report.md").read_text()
+
+
+def test_evaluate_any_checkpoint_on_an_idx_directory(main_job, tmp_path, capsys):
+  workdir, _ = main_job
+  arrays = np.load(REPO / "ge2ms_jax" / "data" / "embedded" / "fashion_mnist_subset.npz")
+  idx = tmp_path / "idx"
+  _write_idx(idx, arrays["test_images"][:40], arrays["test_labels"][:40])
+  capsys.readouterr()
+  code = main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--mode", "evaluate",
+                    "--checkpoint", str(workdir / "checkpoints" / "3"), "--eval_data", str(idx)])
+  assert code == 0
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  result = json.loads(last)
+  assert result["num_examples"] == 40 and result["checkpoint_step"] == 3
+  for key in ("qann_top1", "snn_top1", "agreement", "energy_mj_per_image"):
+    assert 0 <= result[key] and (key == "energy_mj_per_image" or result[key] <= 1)
+
+
+def test_convert_energy_verify_and_plan_modes(main_job, capsys):
+  workdir, _ = main_job
+  args = ["--config", "experiments/fashion_mnist.py:runlocal", "--workdir", str(workdir)]
+  assert main.main(args + ["--mode", "convert"]) == 0
+  assert (workdir / "snn" / "snn_params.msgpack").stat().st_size > 0
+  assert json.loads((workdir / "snn" / "model_config.json").read_text())["variant"] == "tiny"
+  assert main.main(args + ["--mode", "energy", "--max_examples", "32", "--snn_mode", "fused"]) == 0
+  out = capsys.readouterr().out
+  assert "ANN/SNN" in out and json.loads(out.strip().splitlines()[-1])["num_examples"] == 32
+  assert (workdir / "energy" / "energy_3.json").exists()
+  assert main.main(args + ["--mode", "verify", "--max_examples", "4"]) == 0
+  out = capsys.readouterr().out
+  assert "stem_n" in out and "logits" in out
+  assert main.main(args + ["--mode", "plan", "--max_examples", "8", "--max_steps", "4"]) == 0
+  assert "--config.model.neuron_overrides='^" in capsys.readouterr().out
+
+
+def test_modes_without_a_checkpoint_say_what_they_need(capsys):
+  with pytest.raises(SystemExit, match="needs --workdir .* or --checkpoint PATH"):
+    main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--mode", "evaluate"])
+  with pytest.raises(SystemExit, match="--mode train needs --workdir"):
+    main.main(["--config", "experiments/fashion_mnist.py:runlocal"])
