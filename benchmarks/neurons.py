@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -223,7 +224,6 @@ def _torch_rows(x_steps: np.ndarray, threads: int, out_checks: dict) -> tuple[li
   """SpikingJelly's multi-step IFNode on CPU, or ([], why it was skipped)."""
   try:
     import torch
-    import spikingjelly
     from spikingjelly.activation_based import neuron as sj_neuron
   except Exception as e:  # noqa: BLE001 - any import failure means: no torch rows
     return [], dict(status="skipped", reason=f"{type(e).__name__}: {e}")
@@ -250,7 +250,7 @@ def _torch_rows(x_steps: np.ndarray, threads: int, out_checks: dict) -> tuple[li
     rows.append(_Row(f"spikingjelly.IFNode[{reset}]", "torch", call, kind="if_spikingjelly",
                      reset=reset, input_shape=list(x_steps.shape), output_dtype="float32"))
   info = dict(status="ran", mode="in-process (same process and data as the JAX rows)",
-              torch=torch.__version__, spikingjelly=getattr(spikingjelly, "__version__", "2.0.0"),
+              torch=torch.__version__, spikingjelly=importlib.metadata.version("spikingjelly"),
               torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
               node="IFNode(v_threshold=1.0, v_reset=0.0 (hard) or None (soft), step_mode='m').eval(), "
                    "under torch.no_grad()")
