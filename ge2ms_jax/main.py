@@ -1,4 +1,4 @@
-"""Command line: train, evaluate, convert, measure energy, verify, plan spike codes, or run it all.
+"""Command line: train, evaluate, convert, measure energy, verify, plan spike codes, export, or run it all.
 
     python -m ge2ms_jax.main --config experiments/fashion_mnist.py:runlocal --workdir /tmp/fm
     python -m ge2ms_jax.main --config experiments/cifar10.py:variant=s --workdir gs://.../c10 \\
@@ -48,16 +48,40 @@ def _train(config, workdir, args) -> int:
 
 
 def _load(config, workdir, args):
-  from ge2ms_jax import train  # pylint: disable=g-import-not-at-top
+  """The checkpoint to read: `--checkpoint` (Orbax checkpoint or export directory) or the workdir's."""
+  from ge2ms_jax import export, train  # pylint: disable=g-import-not-at-top
   if workdir is None and args.checkpoint is None:
     raise SystemExit(f"error: --mode {args.mode} needs --workdir (its newest checkpoint) or --checkpoint PATH.")
+  if args.checkpoint is not None and export.is_export(args.checkpoint):
+    return export.load(args.checkpoint, config.model)
   return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint)
 
 
 def _variables(config, run):
   import jax  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import evaluation, export  # pylint: disable=g-import-not-at-top
+  if isinstance(run, export.LoadedExport):
+    return run.variables
   return jax.device_get(evaluation.qann_variables(run.state, config))
+
+
+def _export_dir(workdir, args) -> str:
+  if args.export_dir:
+    return args.export_dir
+  if workdir is None:
+    raise SystemExit("error: --mode export needs --export_dir or --workdir (it writes <workdir>/export).")
+  return os.path.join(workdir, "export")
+
+
+@register_mode("export")
+def _export(config, workdir, args) -> int:
+  """Writes the QANN variables of a checkpoint (no optimizer state) as a small export directory."""
+  from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
+  run = _load(config, workdir, args)
+  out = export.save(_export_dir(workdir, args), _variables(config, run), step=run.step,
+                    model_config=config.model, notes=dict(config=args.config))
+  print(f"exported step {run.step} to {out} ({(out / export.VARIABLES).stat().st_size / 2**20:.2f} MiB)")
+  return 0
 
 
 def _first_batch(config, args, batch_size: int):
@@ -155,7 +179,7 @@ def _plan(config, workdir, args) -> int:
 def _all(config, workdir, args) -> int:
   """The main job: train (or resume), convert, simulate the SNN, evaluate, and write the report."""
   import jax  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import report, train  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import export, report, train  # pylint: disable=g-import-not-at-top
   if workdir is None:
     raise SystemExit("error: --mode all needs --workdir.")
   result = train.train_and_evaluate(config, workdir)
@@ -165,6 +189,8 @@ def _all(config, workdir, args) -> int:
   if jax.process_index() != 0:
     return 0
   run = train.load_run(config, workdir)
+  export.save(os.path.join(workdir, "export"), _variables(config, run), step=run.step,
+              model_config=config.model, notes=dict(config=args.config))
   summary = report.write_report(config, workdir, run, max_examples=args.max_examples, mode=args.snn_mode)
   print(report.format_summary(summary))
   return 0
@@ -181,8 +207,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
                            "modes can read --checkpoint instead)")
   parser.add_argument("--mode", default="train", choices=sorted(MODES))
   parser.add_argument("--checkpoint", default=None,
-                      help="evaluate/convert: a checkpoint dir or step folder (default: the "
-                           "workdir's newest)")
+                      help="evaluate/convert/energy/verify/plan/export: a checkpoint dir, step folder "
+                           "or export directory (default: the workdir's newest checkpoint)")
+  parser.add_argument("--export_dir", default=None,
+                      help="export: where to write (default <workdir>/export)")
   parser.add_argument("--eval_data", default=None,
                       help="evaluate/energy/verify on this dataset instead of the eval split: an "
                            "ImageFolder directory or .tar.gz, or a directory of Fashion-MNIST IDX files")

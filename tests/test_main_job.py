@@ -53,6 +53,7 @@ def test_main_job_trains_converts_simulates_and_reports(main_job):
   assert m["agreement"] >= 0.95 and abs(m["snn_top1"] - m["qann_top1"]) <= 0.05
   assert 0 < m["energy_mj_per_image"] < m["ann_energy_mj_per_image"]
   assert report["step"] == 3 and (workdir / "checkpoints" / "3").is_dir()
+  assert json.loads((workdir / "export" / "export.json").read_text())["step"] == 3
   assert [r["site"] for r in report["verify"]][-1] == "logits"
   assert max(r["mismatch_fraction"] for r in report["verify"][:-1]) < 0.01
   for name in ("training.png", "energy.png", "raster.png", "report.md"):
@@ -98,3 +99,36 @@ def test_modes_without_a_checkpoint_say_what_they_need(capsys):
     main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--mode", "evaluate"])
   with pytest.raises(SystemExit, match="--mode train needs --workdir"):
     main.main(["--config", "experiments/fashion_mnist.py:runlocal"])
+
+
+def test_an_export_evaluates_like_its_checkpoint_and_rejects_damage(main_job, tmp_path, capsys):
+  workdir, _ = main_job
+  config = ["--config", "experiments/fashion_mnist.py:runlocal"]
+  out_dir = tmp_path / "exported"
+  assert main.main(config + ["--workdir", str(workdir), "--mode", "export",
+                             "--export_dir", str(out_dir)]) == 0
+  meta = json.loads((out_dir / "export.json").read_text())
+  assert meta["step"] == 3 and meta["model"]["variant"] == "tiny"
+  # Without optimizer moments the export is a fraction of the checkpoint.
+  ckpt_bytes = sum(f.stat().st_size for f in (workdir / "checkpoints" / "3").rglob("*") if f.is_file())
+  assert (out_dir / "variables.msgpack").stat().st_size < ckpt_bytes / 2
+
+  results = []
+  for source in (str(workdir / "checkpoints" / "3"), str(out_dir)):
+    capsys.readouterr()
+    assert main.main(config + ["--mode", "evaluate", "--checkpoint", source, "--max_examples", "64",
+                               "--snn_mode", "fused"]) == 0
+    results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+  for key in ("qann_top1", "snn_top1", "agreement", "num_examples", "checkpoint_step"):
+    assert results[0][key] == results[1][key], key
+
+  from ge2ms_jax import config_utils, export
+  cfg = config_utils.load_config("experiments/fashion_mnist.py:runlocal", {})
+  data = (out_dir / "variables.msgpack").read_bytes()
+  (out_dir / "variables.msgpack").write_bytes(data[:-10])
+  with pytest.raises(export.ExportError, match="truncated or altered"):
+    export.load(out_dir, cfg.model)
+  (out_dir / "variables.msgpack").write_bytes(data)
+  wider = config_utils.load_config("experiments/fashion_mnist.py", {})  # the full-width tiny model
+  with pytest.raises(export.ExportError, match="expects|has no array"):
+    export.load(out_dir, wider.model)
