@@ -5,17 +5,26 @@ complete, so a checkpoint is never changed in place and a half-written one is ne
 
     <directory>/<step>/state/              the train state pytree (params, optimizer, EMA, rng, step)
     <directory>/<step>/data/process_<i>-of-<n>.json   each process's input-iterator state
+    <directory>/<step>/integrity.json      size and SHA-256 of every file above
 
-Restoring takes an abstract target (`jax.ShapeDtypeStruct`s carrying the target shardings), so a
-checkpoint saved on one mesh restores onto another (8 devices → 1, say). If the newest checkpoint
-cannot be read, the previous one is used and the unreadable folder is set aside as
-`<step>.unreadable-<time>` (named in the log), so training resumes and later saves do not collide
-with it.
+The integrity manifest is written after every file of the step is complete and before the folder is
+renamed to its step, so it is part of the same atomic commit. Restoring checks it first: a truncated,
+extended, missing or bit-flipped file (which Orbax does not always notice by itself: raw array data
+carries no checksum) is reported by file and step. Restoring takes an abstract target
+(`jax.ShapeDtypeStruct`s carrying the target shardings), so a checkpoint saved on one mesh restores
+onto another (8 devices → 1, say). If the newest checkpoint cannot be read, the previous one is used
+and the unreadable folder is renamed to `<step>.unreadable-<time>` (named in the log; its files are
+kept), so training resumes and later saves do not collide with it. A checkpoint that is intact but
+does not fit the run's state (the model or optimizer config changed) is an error, not set aside.
+
+`check_workdir` fails early when a directory cannot be created, written or is short of space.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +43,178 @@ _log = logging.getLogger(__name__)
 
 STATE = "state"
 DATA = "data"
+INTEGRITY = "integrity.json"
+# Top-level files that Orbax rewrites while committing a step (after the manifest is written).
+_NOT_HASHED = ("_CHECKPOINT_METADATA", "commit_success.txt")
+# Fault injection for tests: seconds to sleep inside every save (while the input state is written,
+# and between the manifest and the commit), so that a kill can be made to land in the middle of it.
+FAULT_DELAY_ENV = "GE2MS_FAULT_SAVE_DELAY"
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint step whose files do not match its integrity manifest."""
+
+
+class CheckpointMismatchError(ValueError):
+  """An intact checkpoint whose arrays do not fit the train state of this run."""
+
+
+class WorkdirError(OSError):
+  """A directory a run must write to that cannot be created, written, or is short of space."""
+
+
+def _fault_delay() -> None:
+  delay = os.environ.get(FAULT_DELAY_ENV)
+  if delay:
+    time.sleep(float(delay))
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity manifest
+# ---------------------------------------------------------------------------------------------
+def _sha256(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files(step_dir: epath.Path) -> list[str]:
+  """Relative paths of the files of a step folder that the manifest covers, sorted."""
+  out = []
+  for root, _, names in os.walk(os.fspath(step_dir)):
+    rel_root = os.path.relpath(root, os.fspath(step_dir))
+    for name in names:
+      rel = name if rel_root == "." else os.path.join(rel_root, name)
+      if rel in _NOT_HASHED or rel == INTEGRITY:
+        continue
+      out.append(rel.replace(os.sep, "/"))
+  return sorted(out)
+
+
+def write_manifest(step_dir: str | os.PathLike, step: int) -> dict[str, Any]:
+  """Writes `<step_dir>/integrity.json`: `{"step", "files": {relpath: {"size", "sha256"}}}`.
+
+  Called on the complete but not yet committed (renamed) folder of a step.
+  """
+  step_dir = epath.Path(step_dir)
+  files = {}
+  for rel in _files(step_dir):
+    path = step_dir / rel
+    files[rel] = {"size": path.stat().length, "sha256": _sha256(path)}
+  manifest = {"format": 1, "step": int(step), "files": files}
+  tmp = step_dir / (INTEGRITY + ".tmp")
+  with open(os.fspath(tmp), "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  tmp.rename(step_dir / INTEGRITY)
+  return manifest
+
+
+def verify_manifest(step_dir: str | os.PathLike, step: int | None = None) -> bool:
+  """Checks every file of a committed step folder against its integrity manifest.
+
+  Returns:
+    True if the manifest is present and every file matches; False if the folder has no manifest
+    (saved before manifests existed: it cannot be checked).
+
+  Raises:
+    CheckpointCorruptError: naming the step and the file that is missing, truncated, extended or
+      changed, or the manifest itself when it is unreadable.
+  """
+  step_dir = epath.Path(step_dir)
+  label = f"checkpoint step {step if step is not None else step_dir.name} ({step_dir})"
+  manifest_path = step_dir / INTEGRITY
+  if not manifest_path.exists():
+    return False
+  try:
+    manifest = json.loads(manifest_path.read_text())
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+        for v in files.values()):
+      raise ValueError("entries are not {size, sha256} records")
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise CheckpointCorruptError(f"{label}: its manifest {INTEGRITY} is unreadable "
+                                 f"({type(e).__name__}: {e}).") from e
+  if step is not None and manifest.get("step") not in (None, int(step)):
+    raise CheckpointCorruptError(f"{label}: its manifest {INTEGRITY} is for step "
+                                 f"{manifest.get('step')}.")
+  for rel, want in sorted(files.items()):
+    path = step_dir / rel
+    if not path.exists():
+      raise CheckpointCorruptError(f"{label}: file {rel} is missing.")
+    size = path.stat().length
+    if size != want["size"]:
+      what = "truncated" if size < want["size"] else "extended"
+      raise CheckpointCorruptError(f"{label}: file {rel} is {what} ({size} bytes, the manifest "
+                                   f"says {want['size']}).")
+    if _sha256(path) != want["sha256"]:
+      raise CheckpointCorruptError(f"{label}: file {rel} does not match its SHA-256 (its bytes "
+                                   "changed after the save).")
+  return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir checks
+# ---------------------------------------------------------------------------------------------
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def check_workdir(path: str | os.PathLike, min_free_bytes: int = 0, what: str = "workdir") -> None:
+  """Fails early when `path` cannot be created, cannot be written, or has too little free space.
+
+  Args:
+    path: a directory a run writes to (created if missing). Remote paths (`gs://...`) are only
+      created; their space and permissions are the storage service's business.
+    min_free_bytes: the least free space (bytes) the filesystem must have.
+    what: how the error names the directory (e.g. "workdir").
+
+  Raises:
+    WorkdirError: saying which of the three failed, with the path and what to do.
+  """
+  path = os.fspath(path)
+  if not _is_local(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(e.errno or errno.EIO,
+                       f"{what} {path!r} cannot be created ({e.strerror or e}); choose a "
+                       "directory you can write to (--workdir).") from e
+  if not os.path.isdir(path):
+    raise WorkdirError(errno.ENOTDIR, f"{what} {path!r} exists but is not a directory.")
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(errno.EACCES, f"{what} {path!r} is not writable (permissions or a "
+                       "read-only filesystem); fix its permissions or choose another --workdir.")
+  probe = os.path.join(path, f".write-probe-{os.getpid()}")
+  try:
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise WorkdirError(e.errno or errno.EIO,
+                       f"{what} {path!r} is not writable ({e.strerror or e}); fix its permissions, "
+                       "free space, or choose another --workdir.") from e
+  finally:
+    try:
+      os.remove(probe)
+    except OSError:
+      pass
+  if min_free_bytes > 0:
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < min_free_bytes:
+      raise WorkdirError(errno.ENOSPC,
+                         f"{what} {path!r} has {free / 2**20:.1f} MiB free, less than the "
+                         f"{min_free_bytes / 2**20:.1f} MiB this run needs for its checkpoints; free "
+                         "space, choose another --workdir, or lower config.ckpt.min_free_mb.")
 
 # Orbax splits each replicated array among its replicas so that they write in parallel; the split
 # compiles one slicing program per array shape on the first save, seconds for a model's hundreds of
@@ -73,6 +254,7 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
     directory.mkdir(parents=True, exist_ok=True)
+    _fault_delay()
     _data_file(directory).write_text(json.dumps(args.state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
@@ -179,12 +361,31 @@ class Checkpointer:
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}.")
     self.directory = epath.Path(directory)
+    self._async = async_save
+    self._saving: int | None = None  # The step whose save is in flight.
     _configure_array_handler()
+    # Saves always go through Orbax's async checkpointer, whose post-finalization callback runs
+    # after every file of the step is written and before the folder is renamed: that is where
+    # the manifest goes. A synchronous save waits for it.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period, create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
-        save_interval_steps=1)
+        enable_async_checkpointing=True, cleanup_tmp_directories=True,
+        save_interval_steps=1,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._before_commit))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _before_commit(self) -> None:
+    """Writes the integrity manifest into the step's temporary folder, just before its rename."""
+    step = self._saving
+    if step is None or jax.process_index() != 0:
+      return
+    candidates = sorted(p for p in self.directory.iterdir()
+                        if p.name.startswith(f"{step}{_TMP_SUFFIX}"))
+    if len(candidates) != 1:
+      raise RuntimeError(f"expected one temporary folder for step {step} in {self.directory}, "
+                         f"found {[p.name for p in candidates]}.")
+    write_manifest(candidates[0], step)
+    _fault_delay()
 
   # -- queries --------------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
@@ -210,7 +411,12 @@ class Checkpointer:
       return False
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                  DATA: DataStateSave(data_state)})
-    return bool(self._manager.save(step, args=args, force=True))
+    self._manager.wait_until_finished()  # The callback reads `_saving`: one save at a time.
+    self._saving = step
+    started = bool(self._manager.save(step, args=args, force=True))
+    if not self._async:
+      self._manager.wait_until_finished()
+    return started
 
   def wait(self) -> None:
     """Blocks until background saves have finished (call before exiting)."""
@@ -239,8 +445,30 @@ class Checkpointer:
     except OSError as e:
       _log.warning("could not move the unreadable checkpoint %s aside: %s", source, e)
 
+  def verify(self, step: int) -> bool:
+    """Checks checkpoint `step` against its integrity manifest (see `verify_manifest`)."""
+    return verify_manifest(self.directory / str(int(step)), int(step))
+
+  def _checked_restore(self, step: int, abstract_state: Any) -> Restored:
+    """Verifies, then restores one step; an intact step that fails to restore is a mismatch."""
+    verified = self.verify(step)
+    try:
+      return self._restore_step(step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      if not verified:
+        raise
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.directory} is intact (its files match {INTEGRITY}) but "
+          f"does not fit this run's train state: {type(e).__name__}: {str(e)[:500]}. Did the model "
+          "or optimizer config change? Restore with the config it was saved with (the workdir's "
+          "config.json), or train in a new --workdir.") from e
+
   def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
     """Restores checkpoint `step` (default: the newest) onto the shardings in `abstract_state`.
+
+    Every step is first checked against its integrity manifest. Without `step`, a corrupt or
+    unreadable newest checkpoint is set aside (renamed `<step>.unreadable-<time>`, never deleted)
+    and the previous one is tried.
 
     Args:
       abstract_state: a pytree of `jax.ShapeDtypeStruct` with `sharding=` set, the structure of the
@@ -252,6 +480,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: if there is no checkpoint (or not the named step).
+      CheckpointCorruptError: if the named `step` fails its integrity check.
+      CheckpointMismatchError: if an intact checkpoint does not fit `abstract_state`.
       RuntimeError: if no checkpoint could be read, listing each failure.
     """
     steps = self.all_steps()
@@ -259,13 +489,17 @@ class Checkpointer:
       if int(step) not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
                                 f"available steps: {steps}.")
-      return self._restore_step(int(step), abstract_state)
+      return self._checked_restore(int(step), abstract_state)
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
     failures = []
     for candidate in reversed(steps):
       try:
-        restored = self._restore_step(candidate, abstract_state)
+        restored = self._checked_restore(candidate, abstract_state)
+      except CheckpointMismatchError:
+        if failures:
+          self._manager.reload()
+        raise
       except Exception as e:  # pylint: disable=broad-except
         failures.append(f"step {candidate}: {type(e).__name__}: {str(e)[:500]}")
         older = [s for s in steps if s < candidate]
@@ -279,6 +513,10 @@ class Checkpointer:
       return restored
     self._manager.reload()
     raise RuntimeError(f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures))
+
+  def step_path(self, step: int) -> str:
+    """The folder of checkpoint `step`."""
+    return os.fspath(self.directory / str(int(step)))
 
 
 def split_checkpoint_path(path: str | os.PathLike) -> tuple[str, int | None]:

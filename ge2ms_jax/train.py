@@ -82,6 +82,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt.keep = 3
   c.ckpt.keep_period = 0       # Also keep every checkpoint at a multiple of this step (0: off).
   c.ckpt.async_save = True
+  c.ckpt.min_free_mb = 256     # Start-up fails unless the workdir has this much free (and twice
+                               # the train state's size); 0 disables the space check.
+
+  # A non-finite loss or gradient norm: "stop" raises FloatingPointError naming the step, the
+  # metric and the last good checkpoint; "skip" leaves the state unchanged for that step (the batch
+  # is consumed) and stops only after `nan_max_skips` consecutive skipped steps.
+  c.nan_policy = "stop"        # "stop" | "skip"
+  c.nan_max_skips = 10
 
   c.evals = ml_collections.ConfigDict()
   c.evals.every_steps = 1000   # 0: only at the end.
@@ -111,6 +119,14 @@ class TrainState:
   opt_state: Any
   ema_params: Any
   rng: jax.Array
+
+
+class NonFiniteError(FloatingPointError):
+  """A training metric became NaN/Inf; names the step, the metric and the last good checkpoint."""
+
+  def __init__(self, message: str, step: int, metric: str, checkpoint: str | None):
+    super().__init__(message)
+    self.step, self.metric, self.checkpoint = step, metric, checkpoint
 
 
 @dataclasses.dataclass
@@ -200,6 +216,7 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
   """
   ema_decay = float(config.optax.ema_decay)
   accum = int(config.optax.grad_accum_steps)
+  skip_non_finite = nan_policy(config) == "skip"
 
   def update(state: TrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -227,15 +244,36 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
     new_state = state.replace(step=state.step + 1, params=params,
                               model_state=dict(new_model_state), opt_state=opt_state,
                               ema_params=ema)
+    grad_norm = optax.tree.norm(grads)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "lr": schedule(state.step // accum),
     }
+    if skip_non_finite:
+      # Keep everything but the step counter: the bad batch leaves no trace in the state.
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      kept = state.replace(step=state.step + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+      metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
   return update
+
+
+NAN_POLICIES = ("stop", "skip")
+
+
+def nan_policy(config: ml_collections.ConfigDict) -> str:
+  """`config.nan_policy` checked ("stop" when the config predates it)."""
+  policy = config.get("nan_policy", "stop")
+  if policy not in NAN_POLICIES:
+    raise ValueError(f"config.nan_policy={policy!r}; use one of {NAN_POLICIES}.")
+  max_skips = config.get("nan_max_skips", 10)
+  if not isinstance(max_skips, int) or max_skips < 0:
+    raise ValueError(f"config.nan_max_skips={max_skips!r}; use an int >= 0.")
+  return policy
 
 
 def make_eval_fn(net) -> Callable:
@@ -344,11 +382,14 @@ class Trainer:
     self.config = config
     self.workdir = os.fspath(workdir)
     self.is_primary = jax.process_index() == 0
+    self._consecutive_skips = 0
 
     # ----------------------------------------------------------------------------------------
     # Logging: the workdir, the config as JSON, metric writers.
     # ----------------------------------------------------------------------------------------
-    os.makedirs(self.workdir, exist_ok=True)
+    # Disk problems fail here, not at the first checkpoint hours later.
+    self._min_free = int(config.ckpt.get("min_free_mb", 0) * 2**20)
+    ckpt_lib.check_workdir(self.workdir, self._min_free)
     self._save_config()
     self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_primary)
 
@@ -399,6 +440,9 @@ class Trainer:
     self.state_shapes = jax.eval_shape(init, rng_data)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state_shapes.params))
     _log.info("model %s: %s parameters", type(self.net).__name__, f"{num_params:,}")
+    if self._min_free:  # Room for the checkpoint being written beside the newest one.
+      state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.state_shapes))
+      ckpt_lib.check_workdir(self.workdir, max(self._min_free, 2 * state_bytes))
 
     # ----------------------------------------------------------------------------------------
     # Shard & transfer: shardings of every state leaf from the rules; init on the mesh.
@@ -495,10 +539,20 @@ class Trainer:
     history, evals = [], []
     status = "done"
     pending = []  # The last logged step's metrics, fetched one step later to keep the device busy.
+    unchecked = []  # (step, metrics) not yet checked for NaN/Inf, also one step behind.
 
-    def flush():
+    def log_pending():
       while pending:
         history.append(self._log_metrics(*pending.pop(), progress))
+
+    def flush():
+      check(len(unchecked))
+      log_pending()
+
+    def check(n):
+      for step, step_metrics in unchecked[:n]:
+        self._check_finite(step, step_metrics)
+      del unchecked[:n]
 
     try:
       with jax.set_mesh(self.mesh):
@@ -506,7 +560,9 @@ class Trainer:
           batch = next(self.train_iter)
           self.state, step_metrics = self.update_fn(self.state, batch)
           self.step += 1
-          flush()
+          unchecked.append((self.step, step_metrics))
+          check(len(unchecked) - 1)
+          log_pending()  # Earlier steps only, all checked by now.
           if self.step % log_every == 0 or self.step == self.total_steps:
             pending.append((self.step, step_metrics))
           if eval_every and self.step % eval_every == 0 and self.step != self.total_steps:
@@ -514,6 +570,7 @@ class Trainer:
             evals.append(self._log_eval(progress))
           preempted = watcher.reached(self.step)
           if preempted or self.step == self.total_steps or (ckpt_every and self.step % ckpt_every == 0):
+            check(len(unchecked))  # A checkpoint only of a state known to be finite.
             self.checkpointer.save(self.step, self.state, self.train_iter.get_state())
           if callback is not None:
             callback(self.step, self)
@@ -532,12 +589,40 @@ class Trainer:
       self.writer.flush()
     return TrainResult(status=status, step=self.step, state=self.state, history=history, evals=evals)
 
+  def _last_good_checkpoint(self) -> str | None:
+    self.checkpointer.wait()  # A save in flight is of a state that passed its check.
+    latest = self.checkpointer.latest_step()
+    return None if latest is None else self.checkpointer.step_path(latest)
+
+  def _check_finite(self, step: int, step_metrics: Mapping[str, jax.Array]) -> None:
+    """Applies `config.nan_policy` to one step's metrics (fetched from the device here)."""
+    values = jax.device_get({k: step_metrics[k] for k in ("loss", "grad_norm")})
+    bad = [k for k in ("loss", "grad_norm") if not math.isfinite(float(values[k]))]
+    if not bad:
+      self._consecutive_skips = 0
+      return
+    metric = bad[0]
+    what = "training " + ", ".join(f"{k} is {float(values[k])}" for k in bad) + f" at step {step}"
+    policy = nan_policy(self.config)
+    max_skips = self.config.get("nan_max_skips", 10)
+    if policy == "skip":
+      self._consecutive_skips += 1
+      if self._consecutive_skips <= max_skips:
+        _log.warning("%s; skipped that step's update (%d consecutive, at most %d).", what,
+                     self._consecutive_skips, max_skips)
+        return
+      what += f", the {self._consecutive_skips}th step in a row (config.nan_max_skips={max_skips})"
+    checkpoint = self._last_good_checkpoint()
+    where = (f"The last good checkpoint is {checkpoint}; running the same command again resumes "
+             "from it" if checkpoint else
+             "No checkpoint was saved yet; running again starts from initialization")
+    raise NonFiniteError(
+        f"{what}; stopped. {where}. Lower optax.lr, enable optax.clip_norm, check the input, or "
+        "set config.nan_policy='skip' to step over rare bad batches.", step, metric, checkpoint)
+
   def _log_metrics(self, step: int, step_metrics: Mapping[str, jax.Array],
                    progress: metrics_lib.Progress) -> dict[str, float]:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if not math.isfinite(values["loss"]):
-      raise FloatingPointError(f"training loss is {values['loss']} at step {step}; lower "
-                               "optax.lr, enable optax.clip_norm, or check the input.")
     values["epoch"] = step / self.steps_per_epoch if self.steps_per_epoch else float("nan")
     rates = progress.update(step, {"loss": values["loss"], "lr": values["lr"]}, force=True)
     values.update({k: v for k, v in rates.items() if k != "eta_sec"})
