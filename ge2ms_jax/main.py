@@ -189,10 +189,11 @@ def _all(config, workdir, args) -> int:
   if jax.process_index() != 0:
     return 0
   run = train.load_run(config, workdir)
-  export.save(os.path.join(workdir, "export"), _variables(config, run), step=run.step,
-              model_config=config.model, notes=dict(config=args.config))
+  exported = export.save(os.path.join(workdir, "export"), _variables(config, run), step=run.step,
+                         model_config=config.model, notes=dict(config=args.config))
   summary = report.write_report(config, workdir, run, max_examples=args.max_examples, mode=args.snn_mode)
   print(report.format_summary(summary))
+  print(f"export                {exported}  (QANN variables only; --checkpoint accepts it)")
   return 0
 
 

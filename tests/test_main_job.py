@@ -41,7 +41,7 @@ def main_job(tmp_path_factory):
 def test_main_job_trains_converts_simulates_and_reports(main_job):
   workdir, stdout = main_job
   for line in ("QANN top-1", "SNN top-1", "prediction agreement", "time steps", "spikes per neuron",
-               "energy per image", "checkpoint", "report"):
+               "energy per image", "checkpoint", "report", "export"):
     assert line in stdout
   report = json.loads((workdir / "report" / "report.json").read_text())
   m = report["metrics"]
