@@ -92,6 +92,9 @@ def plan_windows(grid_hw: tuple[int, int], head_dim: int, window_sizes: Sequence
     ValueError: naming the offending argument and what is allowed.
   """
   windows = normalize_windows(window_sizes)
+  if not windows:
+    raise ValueError("gw_ssa: window_sizes is empty; give at least one window size (an int >= 1, "
+                     "or 'global'/0), with one heads_per_window entry each.")
   h, w = (int(v) for v in grid_hw)
   if h < 1 or w < 1:
     raise ValueError(f"gw_ssa: grid_hw must be two positive ints, got {grid_hw}.")

@@ -9,8 +9,9 @@ complete, so a checkpoint is never changed in place and a half-written one is ne
 
 The integrity manifest is written after every file of the step is complete and before the folder is
 renamed to its step, so it is part of the same atomic commit. Restoring checks it first: a truncated,
-extended, missing or bit-flipped file (which Orbax does not always notice by itself: raw array data
-carries no checksum) is reported by file and step. Restoring takes an abstract target
+extended, missing or bit-flipped file is reported by file and step (Orbax by itself notices only some
+of these, e.g. through OCDBT's checksums, and never names the step's file; a changed input-iterator
+JSON or a file it skips goes unseen). Restoring takes an abstract target
 (`jax.ShapeDtypeStruct`s carrying the target shardings), so a checkpoint saved on one mesh restores
 onto another (8 devices → 1, say). If the newest checkpoint cannot be read, the previous one is used
 and the unreadable folder is renamed to `<step>.unreadable-<time>` (named in the log; its files are
@@ -18,6 +19,8 @@ kept), so training resumes and later saves do not collide with it. A checkpoint 
 does not fit the run's state (the model or optimizer config changed) is an error, not set aside.
 
 `check_workdir` fails early when a directory cannot be created, written or is short of space.
+For tests, `GE2MS_FAULT_SAVE_DELAY=<seconds>` stretches every save (inside the input-state write
+and between the manifest and the commit) so that a kill can be aimed at the middle of one.
 """
 
 from __future__ import annotations

@@ -95,6 +95,12 @@ def _fail(field: str, value: Any, allowed: str) -> None:
   raise ValueError(f"model config: {field}={value!r} is not allowed; {allowed}.")
 
 
+def _check_int(field: str, value: Any, minimum: int, maximum: int, whole: Any = None) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+    _fail(field, value if whole is None else whole,
+          f"{'each entry must be' if whole is not None else 'use'} an int in [{minimum}, {maximum}]")
+
+
 def neuron_codes(config: ml_collections.ConfigDict) -> L.NeuronCodes:
   """The `NeuronCodes` (default spec + per-site overrides) of a model config."""
   n = config.neuron
@@ -133,6 +139,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("in_channels", config.in_channels, "use 1 (grey) or 3 (RGB)")
   if config.dtype not in ("float32", "bfloat16", "float64"):
     _fail("dtype", config.dtype, "use 'float32', 'bfloat16', or 'float64' (verification, with jax x64 enabled)")
+  # Sizes: a zero or absurd width would otherwise surface as a division by zero or an overflow
+  # deep inside parameter initialisation.
+  for field, minimum, maximum in (("num_classes", 1, 2**20), ("stem_channels", 1, 2**16),
+                                  ("head_dim", 1, 2**12), ("mlp_ratio", 1, 64)):
+    _check_int(field, config[field], minimum, maximum)
+  for field, minimum, maximum in (("dims", 1, 2**16), ("depths", 0, 256)):
+    values = config[field]
+    if not isinstance(values, (tuple, list)) or not values:
+      _fail(field, values, "give a non-empty tuple with one entry per stage")
+    for v in values:
+      _check_int(field, v, minimum, maximum, whole=values)
   n = len(config.dims)
   if not (len(config.kinds) == len(config.depths) == n):
     _fail("kinds/dims/depths", (config.kinds, config.dims, config.depths), "give one entry per stage")

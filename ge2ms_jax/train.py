@@ -770,6 +770,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
                   if result.history else {}),
                **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
                   if result.evals else {})}
-    with open(os.path.join(workdir, "result.json"), "w") as f:
+    path = os.path.join(workdir, "result.json")
+    with open(path + ".tmp", "w") as f:  # Replaced whole: a kill never leaves half a file.
       json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
   return result

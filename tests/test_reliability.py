@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import types
 
 import jax
@@ -94,6 +95,24 @@ def test_corrupt_checkpoint_is_named_set_aside_and_the_previous_used(tmp_path, c
   assert {p for p in before if (aside[0] / p).exists()} >= set(before) - {rel}
   assert fresh.all_steps() == [1]
   fresh.close()
+
+
+def test_a_single_bit_flip_anywhere_in_any_file_is_caught(tmp_path):
+  _two_steps(tmp_path / "base")
+  files = json.loads((tmp_path / "base" / "2" / checkpoint.INTEGRITY).read_text())["files"]
+  flips = 0
+  for i, rel in enumerate(sorted(files)):
+    for where in (0.0, 0.5, 0.99):
+      work = tmp_path / f"c{i}-{where}"
+      shutil.copytree(tmp_path / "base" / "2", work)
+      data = bytearray((work / rel).read_bytes())
+      data[int(where * (len(data) - 1))] ^= 0x01
+      (work / rel).write_bytes(bytes(data))
+      with pytest.raises(checkpoint.CheckpointCorruptError, match=f"file {rel} does not match"):
+        checkpoint.verify_manifest(work, 2)
+      flips += 1
+      shutil.rmtree(work)
+  assert flips == 3 * len(files) and len(files) >= 8
 
 
 def test_named_corrupt_step_is_an_error_not_a_fallback(tmp_path):
