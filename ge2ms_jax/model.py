@@ -311,6 +311,8 @@ class Ge2msNet(nn.Module):
     if images.ndim != 4 or images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.in_channels):
       raise ValueError(f"images must be [B, {cfg.image_size}, {cfg.image_size}, {cfg.in_channels}] for this "
                        f"config (variant {cfg.variant!r}), got shape {tuple(images.shape)}.")
+    if jnp.issubdtype(images.dtype, jnp.complexfloating):
+      raise TypeError(f"images must be real (float, integer or bool), got dtype {images.dtype}.")
     dtype = jnp.dtype(cfg.dtype)
     codes = neuron_codes(cfg)
     parts = dict(codes=codes, mode=self.mode, dtype=dtype)

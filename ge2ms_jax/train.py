@@ -11,7 +11,8 @@ entropy on the input pipeline's `target` (one-hot, possibly smoothed or mixed). 
 Trainer keys of the config (see `base_config` for defaults): `seed`, `total_steps` or
 `total_epochs`, `batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
 clipping, accumulation, EMA), `schedule.*`, `mesh`, `sharding_rules`, `log_every_steps`, `ckpt.*`,
-`evals.*`. The model is built by `model.build(config.model)`, the input by
+`evals.*`, `nan_policy` / `nan_max_skips` (what a NaN/Inf loss or gradient does; see
+docs/reliability.md). The model is built by `model.build(config.model)`, the input by
 `data.build_iterator(config, ...)`.
 """
 

@@ -196,10 +196,11 @@ def test_twenty_plus_sigkills_including_during_checkpoint_writes(tmp_path, refer
   outcomes = []
   seed = 100
   while len(outcomes) < 24:
+    print(f"chain {seed - 99}", flush=True)
     outcomes += kill_chain(tmp_path, reference, seed=seed, kills=4,
                            in_write_after=2 * (seed % 5 + 1) if seed % 2 else None)
     seed += 1
-  _report("slow", outcomes)
+  _report(f"slow ({seed - 100} chains)", outcomes)
   assert len(outcomes) >= 20
   assert sum(o["during_write"] for o in outcomes) >= 3, outcomes
 
