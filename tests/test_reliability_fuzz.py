@@ -41,7 +41,12 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(ge2ms_jax.__file__))
 CLEAR = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 FAST = hypothesis.settings(max_examples=12)
-SLOW = hypothesis.settings(max_examples=250)
+# The slow runs: 250 cases per target (a fifth for folders), the same ones every time; set
+# GE2MS_FUZZ_EXAMPLES=N for more and GE2MS_FUZZ_RANDOM=1 for new random cases on every run.
+SLOW_EXAMPLES = int(os.environ.get("GE2MS_FUZZ_EXAMPLES", "250"))
+_RANDOM = os.environ.get("GE2MS_FUZZ_RANDOM", "") not in ("", "0")
+SLOW = hypothesis.settings(max_examples=SLOW_EXAMPLES, derandomize=not _RANDOM,
+                           **({"database": None} if _RANDOM else {}))
 
 
 def attempt(target: str, fn, *args, **kwargs):
@@ -384,7 +389,8 @@ def test_fuzz_dataset_folders(tmp_path_factory, seed, skip_corrupt, validation_f
 
 @pytest.mark.slow
 @hypothesis.given(**FOLDER_ARGS)
-@hypothesis.settings(max_examples=80)
+@hypothesis.settings(max_examples=max(1, SLOW_EXAMPLES // 5), derandomize=not _RANDOM,
+                     **({"database": None} if _RANDOM else {}))
 def test_fuzz_dataset_folders_long(tmp_path_factory, seed, skip_corrupt, validation_fraction):
   _run_folder_case(tmp_path_factory, seed=seed, skip_corrupt=skip_corrupt,
                    validation_fraction=validation_fraction)
