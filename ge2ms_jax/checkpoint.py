@@ -85,15 +85,18 @@ def _sha256(path: epath.Path) -> str:
 
 
 def _files(step_dir: epath.Path) -> list[str]:
-  """Relative paths of the files of a step folder that the manifest covers, sorted."""
+  """Relative paths (with "/") of the files of a step folder that the manifest covers, sorted."""
   out = []
-  for root, _, names in os.walk(os.fspath(step_dir)):
-    rel_root = os.path.relpath(root, os.fspath(step_dir))
-    for name in names:
-      rel = name if rel_root == "." else os.path.join(rel_root, name)
-      if rel in _NOT_HASHED or rel == INTEGRITY:
-        continue
-      out.append(rel.replace(os.sep, "/"))
+
+  def walk(directory: epath.Path, prefix: str) -> None:
+    for child in directory.iterdir():
+      rel = prefix + child.name
+      if child.is_dir():
+        walk(child, rel + "/")
+      elif rel not in _NOT_HASHED and rel != INTEGRITY and rel != INTEGRITY + ".tmp":
+        out.append(rel)
+
+  walk(epath.Path(step_dir), "")
   return sorted(out)
 
 
@@ -108,9 +111,13 @@ def write_manifest(step_dir: str | os.PathLike, step: int) -> dict[str, Any]:
     path = step_dir / rel
     files[rel] = {"size": path.stat().length, "sha256": _sha256(path)}
   manifest = {"format": 1, "step": int(step), "files": files}
+  text = json.dumps(manifest, indent=1, sort_keys=True)
+  if not _is_local(os.fspath(step_dir)):  # Object stores write whole objects.
+    (step_dir / INTEGRITY).write_text(text)
+    return manifest
   tmp = step_dir / (INTEGRITY + ".tmp")
   with open(os.fspath(tmp), "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   tmp.rename(step_dir / INTEGRITY)
@@ -384,6 +391,10 @@ class Checkpointer:
       return
     candidates = sorted(p for p in self.directory.iterdir()
                         if p.name.startswith(f"{step}{_TMP_SUFFIX}"))
+    if not candidates and (self.directory / str(step)).exists():
+      # Storage without atomic renames (GCS): Orbax writes into the step folder itself and commits
+      # it with a commit_success.txt, which comes after this manifest.
+      candidates = [self.directory / str(step)]
     if len(candidates) != 1:
       raise RuntimeError(f"expected one temporary folder for step {step} in {self.directory}, "
                          f"found {[p.name for p in candidates]}.")
