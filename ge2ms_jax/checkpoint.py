@@ -370,7 +370,10 @@ class Checkpointer:
                keep_period: int | None = None, async_save: bool = True):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}.")
-    self.directory = epath.Path(directory)
+    # Orbax's array storage needs absolute local paths; a relative workdir (the usual
+    # `--workdir runs/x`) is resolved against the current directory once, here.
+    directory = os.fspath(directory)
+    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     self._async = async_save
     self._saving: int | None = None  # The step whose save is in flight.
     _configure_array_handler()

@@ -43,6 +43,17 @@ def test_save_and_restore_with_data_state(tmp_path, async_save):
   ckpt.close()
 
 
+def test_a_relative_directory_is_resolved_against_the_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpoint.Checkpointer(os.path.join("runs", "x"), async_save=False)
+  assert ckpt.save(2, _state(2.0), {"position": 3})
+  ckpt.wait()
+  monkeypatch.chdir("/")  # Restoring later from elsewhere still finds the same folder.
+  restored = checkpoint.Checkpointer(tmp_path / "runs" / "x").restore(
+      _abstract(sharding.make_mesh([("fsdp", -1)])))
+  assert restored.step == 2 and restored.data_state == {"position": 3}
+
+
 def test_keep_n_and_named_step(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, max_to_keep=2, async_save=False)
   for step in range(1, 5):
