@@ -248,7 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_utils.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return MODES[args.mode](config, args.workdir, args)
+  from ge2ms_jax import checkpoint, export, train  # pylint: disable=g-import-not-at-top
+  # Faults the run already explains in full: a message and an exit code, not a traceback.
+  explained = (checkpoint.WorkdirError, checkpoint.CheckpointCorruptError,
+               checkpoint.CheckpointMismatchError, train.NonFiniteError, export.ExportError)
+  try:
+    return MODES[args.mode](config, args.workdir, args)
+  except explained as e:
+    logging.getLogger(__name__).debug("mode %s failed", args.mode, exc_info=True)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

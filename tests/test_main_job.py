@@ -132,3 +132,13 @@ def test_an_export_evaluates_like_its_checkpoint_and_rejects_damage(main_job, tm
   wider = config_utils.load_config("experiments/fashion_mnist.py", {})  # the full-width tiny model
   with pytest.raises(export.ExportError, match="expects|has no array"):
     export.load(out_dir, wider.model)
+
+
+def test_explained_faults_end_in_a_message_and_exit_code(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  code = main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--workdir",
+                    str(blocker / "run")])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err
