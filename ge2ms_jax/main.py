@@ -73,13 +73,18 @@ def _export_dir(workdir, args) -> str:
   return os.path.join(workdir, "export")
 
 
+def _write_export(config, run, directory, args):
+  from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
+  return export.save(directory, _variables(config, run), step=run.step, model_config=config.model,
+                     notes=dict(config=args.config))
+
+
 @register_mode("export")
 def _export(config, workdir, args) -> int:
   """Writes the QANN variables of a checkpoint (no optimizer state) as a small export directory."""
   from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
   run = _load(config, workdir, args)
-  out = export.save(_export_dir(workdir, args), _variables(config, run), step=run.step,
-                    model_config=config.model, notes=dict(config=args.config))
+  out = _write_export(config, run, _export_dir(workdir, args), args)
   print(f"exported step {run.step} to {out} ({(out / export.VARIABLES).stat().st_size / 2**20:.2f} MiB)")
   return 0
 
@@ -179,7 +184,7 @@ def _plan(config, workdir, args) -> int:
 def _all(config, workdir, args) -> int:
   """The main job: train (or resume), convert, simulate the SNN, evaluate, and write the report."""
   import jax  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import export, report, train  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import report, train  # pylint: disable=g-import-not-at-top
   if workdir is None:
     raise SystemExit("error: --mode all needs --workdir.")
   result = train.train_and_evaluate(config, workdir)
@@ -189,8 +194,7 @@ def _all(config, workdir, args) -> int:
   if jax.process_index() != 0:
     return 0
   run = train.load_run(config, workdir)
-  exported = export.save(os.path.join(workdir, "export"), _variables(config, run), step=run.step,
-                         model_config=config.model, notes=dict(config=args.config))
+  exported = _write_export(config, run, os.path.join(workdir, "export"), args)
   summary = report.write_report(config, workdir, run, max_examples=args.max_examples, mode=args.snn_mode)
   print(report.format_summary(summary))
   print(f"export                {exported}  (QANN variables only; --checkpoint accepts it)")
