@@ -3,7 +3,7 @@
     python -m ge2ms_jax.main --config experiments/cifar100.py --workdir /tmp/c100 \
         --config.data.source=/path/to/cifar100-imagefolder
 
-The settings are those of `cifar10.py` with 100 classes. Config string: `variant=s`, `runlocal`.
+The settings are those of `cifar10.py` with 100 classes. Config string: `variant=s`, `cpu`, `runlocal` (as in `cifar10.py`).
 """
 
 import pathlib
