@@ -47,14 +47,66 @@ def _train(config, workdir, args) -> int:
   return 0 if result.status in ("done", "preempted") else 1
 
 
+def _recorded_model_config(checkpoint: str) -> dict | None:
+  """The model config stored with a checkpoint: an export's `export.json`, or the `config.json` of
+  the workdir an Orbax checkpoint (`WORKDIR/checkpoints[/STEP]`) belongs to; None if there is none."""
+  from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(checkpoint)
+  if export.is_export(path):
+    candidates = [(os.path.join(path, export.META), "model")]
+  else:
+    candidates = [(os.path.join(d, "config.json"), "model") for d in
+                  (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)))]
+  for file, key in candidates:
+    try:
+      with open(file) as f:
+        recorded = json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(recorded, dict):
+      return recorded
+  return None
+
+
+def _adopt_model_config(config, checkpoint: str) -> None:
+  """Gives `config.model` the architecture the checkpoint was trained with.
+
+  A checkpoint's arrays fit only its own network, so `--config experiments/cifar10.py` (variant `s`)
+  evaluates a `tiny` checkpoint as `tiny` instead of failing on the first mismatched shape.
+  """
+  recorded = _recorded_model_config(checkpoint)
+  if recorded is None:
+    return
+  # JSON turns tuples into lists; the configs (and their comparisons) use tuples.
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+  recorded = tuples(recorded)
+  current = config.model.to_dict()
+  changed = sorted(k for k in recorded if current.get(k) != recorded[k])
+  if not changed:
+    return
+  logging.getLogger("ge2ms_jax.main").info(
+      "using the model config recorded with %s (variant %r; differs from --config in %s)", checkpoint,
+      recorded.get("variant"), ", ".join(changed))
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(recorded)
+
+
 def _load(config, workdir, args):
-  """The checkpoint to read: `--checkpoint` (Orbax checkpoint or export directory) or the workdir's."""
+  """The checkpoint to read: `--checkpoint` (Orbax checkpoint or export directory) or the workdir's.
+
+  With `--checkpoint`, `config.model` becomes the model config recorded with it (if any)."""
   from ge2ms_jax import export, train  # pylint: disable=g-import-not-at-top
   if workdir is None and args.checkpoint is None:
     raise SystemExit(f"error: --mode {args.mode} needs --workdir (its newest checkpoint) or --checkpoint PATH.")
+  if args.checkpoint is not None:
+    _adopt_model_config(config, args.checkpoint)
   if args.checkpoint is not None and export.is_export(args.checkpoint):
     return export.load(args.checkpoint, config.model)
-  return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint)
+  return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint,
+                        eval_data=args.eval_data)
 
 
 def _variables(config, run):

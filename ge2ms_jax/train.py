@@ -695,7 +695,7 @@ class LoadedRun:
 
 def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, *, net=None, data_module=None,
-             devices=None) -> LoadedRun:
+             devices=None, eval_data: str | None = None) -> LoadedRun:
   """Restores the newest checkpoint of `workdir` (or the named `checkpoint`) onto this mesh.
 
   Args:
@@ -703,6 +703,8 @@ def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Non
     workdir: a training workdir; its `checkpoints/` is searched for the newest readable step.
     checkpoint: instead, a checkpoint directory or one step folder (`.../checkpoints/1200`).
     net, data_module, devices: as for `Trainer`.
+    eval_data: the data the run will be evaluated on instead of the configured dataset (see
+      `data.build_iterator`); the input shape is read from it, so the training data need not exist.
 
   Raises:
     FileNotFoundError: when there is no checkpoint to load.
@@ -715,7 +717,8 @@ def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Non
   net = net if net is not None else _default_net(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  info = data_module.dataset_info(config)
+  info = (data_module.dataset_info(config, eval_data=eval_data) if eval_data
+          else data_module.dataset_info(config))
   image_spec = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
   # The optimizer only shapes the state's structure here; the schedule's values do not matter.
   tx = make_optimizer(config, optax.constant_schedule(config.optax.lr))

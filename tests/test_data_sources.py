@@ -313,3 +313,23 @@ def test_no_tensorflow_is_imported(tmp_path, fake_imagenet):
                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "TF_MODULES []" in out.stdout
+
+
+def test_cifar_eval_data_needs_no_training_source(tmp_path):
+  # A checkpoint evaluates on new images without its training data: CIFAR-10's classes are known.
+  cfg = data.default_config("cifar10")
+  cfg.data.data_dir = str(tmp_path / "dd")
+  folder = make_image_folder(tmp_path / "eval", classes=("ship", "airplane"), per_class=2)
+  info = data.dataset_info(cfg, eval_data=str(folder))
+  assert info.num_classes == 10 and info.image_shape == (32, 32, 3) and info.splits == {"train": 4}
+  batch = next(data.build_iterator(cfg, "validation", global_batch_size=4, train=False,
+                                   eval_data=str(folder), process_index=0, process_count=1))
+  assert sorted(batch["label"].tolist()) == [0, 0, 8, 8]   # airplane = 0, ship = 8
+  with pytest.raises(ValueError, match="needs config.data.source"):
+    data.dataset_info(cfg)   # training or evaluating the configured split still needs the source
+
+  # CIFAR-100's class names are the evaluated folder's own, so it must hold all 100 of them.
+  cfg100 = data.default_config("cifar100")
+  cfg100.data.data_dir = str(tmp_path / "dd")
+  with pytest.raises(ValueError, match="expects 100"):
+    data.dataset_info(cfg100, eval_data=str(folder))

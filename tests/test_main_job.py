@@ -67,7 +67,9 @@ def test_evaluate_any_checkpoint_on_an_idx_directory(main_job, tmp_path, capsys)
   idx = tmp_path / "idx"
   _write_idx(idx, arrays["test_images"][:40], arrays["test_labels"][:40])
   capsys.readouterr()
-  code = main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--mode", "evaluate",
+  # The full-width config on a runlocal (narrow) checkpoint: the model config recorded in the
+  # checkpoint's workdir decides the architecture.
+  code = main.main(["--config", "experiments/fashion_mnist.py", "--mode", "evaluate",
                     "--checkpoint", str(workdir / "checkpoints" / "3"), "--eval_data", str(idx)])
   assert code == 0
   last = capsys.readouterr().out.strip().splitlines()[-1]

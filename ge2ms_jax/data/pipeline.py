@@ -306,10 +306,9 @@ def _infer_image_shape(ds: sources_lib.OpenDataset, pp_spec: str) -> tuple[int, 
 def _open(config, eval_data=None) -> sources_lib.OpenDataset:
   if "data" not in config:
     raise ValueError("config has no 'data' section; start from ge2ms_jax.data.default_config(name).")
-  ds = sources_lib.open_dataset(config.data)
   if eval_data is not None:
-    ds = sources_lib.open_eval_data(eval_data, ds, config.data)
-  return ds
+    return sources_lib.open_eval_data(eval_data, sources_lib.eval_base(config.data), config.data)
+  return sources_lib.open_dataset(config.data)
 
 
 def _pp_spec(config, train: bool) -> str:
@@ -334,15 +333,18 @@ def dataset_info(config, eval_data: str | None = None) -> DatasetInfo:
     ValueError: for a bad config or data (naming the field, file or folder), or if `pp_train` and
       `pp_eval` give different image shapes.
   """
-  base = _open(config)
-  ds = sources_lib.open_eval_data(eval_data, base, config.data) if eval_data else base
+  if eval_data:
+    base = sources_lib.eval_base(config.data)
+    ds = sources_lib.open_eval_data(eval_data, base, config.data)
+  else:
+    base = ds = _open(config)
   shape = _infer_image_shape(base, _pp_spec(config, False))
   train_shape = _infer_image_shape(base, _pp_spec(config, True))
   if train_shape != shape:
     raise ValueError(f"config.pp_train gives images of shape {train_shape} but config.pp_eval "
                      f"gives {shape}; the model needs one input shape.")
   return DatasetInfo(name=base.name, num_classes=base.num_classes, image_shape=shape,
-                     splits=dict(ds.splits), class_names=base.class_names,
+                     splits=dict(ds.splits), class_names=base.class_names or ds.class_names,
                      stored_shape=base.stored_shape,
                      skipped={s: len(v) for s, v in ds.skipped.items() if v})
 

@@ -330,6 +330,28 @@ def _open_imagenet(data_dir: str) -> OpenDataset:
   return ds
 
 
+def eval_base(data_config) -> OpenDataset:
+  """The dataset a model was trained on, as far as evaluating other images needs it.
+
+  Opens the configured dataset, except CIFAR without `config.data.source`: a checkpoint should
+  evaluate on new images without its training data at hand, and all that needs is the classes and
+  the 32x32x3 image size. CIFAR-10's class names are known (labels follow their sorted order, as
+  they do when training from an ImageFolder); CIFAR-100 leaves them to the evaluated folder, which
+  must then hold all 100 class folders.
+
+  Returns:
+    An `OpenDataset`; without a source it has no splits, and `class_names` is `()` for CIFAR-100.
+  """
+  s = data_settings(data_config)
+  name = s["name"]
+  if name in ("cifar10", "cifar100") and not s["source"]:
+    classes = CIFAR10_CLASSES if name == "cifar10" else ()
+    return OpenDataset(name=name, num_classes=10 if name == "cifar10" else 100,
+                       class_names=classes, stored_shape=(32, 32, 3), splits={}, skipped={},
+                       sources={})
+  return open_dataset(data_config)
+
+
 def open_eval_data(path: str | os.PathLike, base: OpenDataset, data_config) -> OpenDataset:
   """Opens user data for evaluation with the class names and image size of dataset `base`.
 
@@ -358,11 +380,20 @@ def open_eval_data(path: str | os.PathLike, base: OpenDataset, data_config) -> O
                                                        make))
   shape = base.stored_shape
   channels = shape[-1] if shape else 3
-  config_name, make = builders.folder_config(
-      p, num_classes=None, class_names=base.class_names, image_shape=shape, channels=channels,
-      validation_fraction=0.0, split_seed=0, skip_corrupt=bool(s["skip_corrupt"]),
-      prefix="eval_data")
-  builder = builders.prepare(data_dir, builders.Ge2msImageFolder, config_name, make)
+  # Without known class names (see `eval_base`) the folder must name all the model's classes.
+  try:
+    config_name, make = builders.folder_config(
+        p, num_classes=None if base.class_names else base.num_classes,
+        class_names=base.class_names or None, image_shape=shape, channels=channels,
+        validation_fraction=0.0, split_seed=0, skip_corrupt=bool(s["skip_corrupt"]),
+        prefix="eval_data")
+    builder = builders.prepare(data_dir, builders.Ge2msImageFolder, config_name, make)
+  except ValueError as e:
+    if base.class_names:
+      raise
+    raise ValueError(f"{e} Without config.data.source the class names of {base.name!r} come from "
+                     f"the evaluated folder, which must then hold all {base.num_classes} class "
+                     "folders; or set config.data.source to the training data.") from e
   return _from_builder("eval_data", builder, encoded=shape is None)
 
 
