@@ -1,21 +1,65 @@
-"""The shipped reference model still loads into the current network and classifies as reported."""
+"""The shipped reference models still load into the current network and classify as reported."""
 
 import json
+import os
 import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from ge2ms_jax import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "checkpoints" / "fashion_mnist_tiny"
+FASHION_MNIST = REPO / "checkpoints" / "fashion_mnist_tiny"
+CIFAR10 = REPO / "checkpoints" / "cifar10_tiny"
+# The run behind checkpoints/cifar10_tiny scored 81.1% on all 5,000 held-out images; 1,000 of them
+# (standard error about 1.2 points) should not fall below this unless the model is broken.
+CIFAR10_MIN_TOP1 = 0.77
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
+
+
+def _evaluate(capsys, config, checkpoint, *extra):
+  code = main.main(["--config", config, "--mode", "evaluate", "--checkpoint", str(checkpoint),
+                    "--snn_mode", "fused", *extra])
+  assert code == 0
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_shipped_fashion_mnist_model_evaluates(capsys):
-  code = main.main(["--config", "experiments/fashion_mnist.py", "--mode", "evaluate", "--checkpoint",
-                    str(REFERENCE), "--max_examples", "256", "--snn_mode", "fused"])
-  assert code == 0
-  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  result = _evaluate(capsys, "experiments/fashion_mnist.py", FASHION_MNIST, "--max_examples", "256")
   assert result["num_examples"] == 256 and result["checkpoint_step"] == 11250
   # 93.4% on the full test set (report/report.json); 256 images of the embedded test split (drawn
   # from the same test set) leave room for sampling noise, not for a broken model.
   assert result["qann_top1"] >= 0.85
+  assert result["agreement"] >= 0.99
+
+
+def test_shipped_cifar10_model_converts_losslessly_on_any_images(capsys, tmp_path):
+  # CIFAR-10 itself is not shipped, so this checks what holds for every input: the export loads
+  # into the current `tiny` network, and its SNN predicts what its QANN predicts.
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "images"
+  for c in CIFAR10_CLASSES:
+    (folder / c).mkdir(parents=True)
+    for i in range(5):
+      # Smooth random images (upsampled noise) look more like photographs than white noise does.
+      small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+      Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(folder / c / f"{i}.png")
+  # The experiment's default variant is `s`; the export's recorded model config makes it `tiny`.
+  result = _evaluate(capsys, "experiments/cifar10.py", CIFAR10, "--eval_data",
+                     str(folder), f"--config.data.data_dir={tmp_path / 'data'}")
+  assert result["num_examples"] == 50 and result["checkpoint_step"] == 7032
+  assert result["agreement"] >= 0.98
+  assert result["energy_mj_per_image"] > 0
+
+
+@pytest.mark.skipif(not os.environ.get("GE2MS_CIFAR10"),
+                    reason="set GE2MS_CIFAR10 to a CIFAR-10 ImageFolder directory or .tar.gz")
+def test_shipped_cifar10_model_classifies_held_out_images(capsys):
+  result = _evaluate(capsys, "experiments/cifar10.py:variant=tiny", CIFAR10, "--max_examples",
+                     "1000", f"--config.data.source={os.environ['GE2MS_CIFAR10']}")
+  assert result["num_examples"] == 1000
+  assert result["qann_top1"] >= CIFAR10_MIN_TOP1
   assert result["agreement"] >= 0.99
