@@ -53,14 +53,14 @@ def _recorded_model_config(checkpoint: str) -> dict | None:
   from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(checkpoint)
   if export.is_export(path):
-    candidates = [(os.path.join(path, export.META), "model")]
+    files = [os.path.join(path, export.META)]
   else:
-    candidates = [(os.path.join(d, "config.json"), "model") for d in
-                  (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)))]
-  for file, key in candidates:
+    files = [os.path.join(d, "config.json") for d in
+             (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)))]
+  for file in files:
     try:
       with open(file) as f:
-        recorded = json.load(f).get(key)
+        recorded = json.load(f).get("model")
     except (OSError, ValueError, AttributeError):
       continue
     if isinstance(recorded, dict):
@@ -77,21 +77,14 @@ def _adopt_model_config(config, checkpoint: str) -> None:
   recorded = _recorded_model_config(checkpoint)
   if recorded is None:
     return
-  # JSON turns tuples into lists; the configs (and their comparisons) use tuples.
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-  recorded = tuples(recorded)
-  current = config.model.to_dict()
-  changed = sorted(k for k in recorded if current.get(k) != recorded[k])
-  if not changed:
-    return
-  logging.getLogger("ge2ms_jax.main").info(
-      "using the model config recorded with %s (variant %r; differs from --config in %s)", checkpoint,
-      recorded.get("variant"), ", ".join(changed))
-  with config.unlocked():
-    config.model = ml_collections.ConfigDict(recorded)
+  before = config_utils.flatten(config.model)
+  # As overrides, the recorded values get the config's types back (JSON turned tuples into lists).
+  config_utils.apply_overrides(config, config_utils.flatten(recorded, "model."))
+  changed = config_utils.diff(before, config_utils.flatten(config.model))
+  if changed:
+    logging.getLogger("ge2ms_jax.main").info(
+        "using the model config recorded with %s (variant %r; differs from --config in %s)",
+        checkpoint, config.model.variant, ", ".join(changed))
 
 
 def _load(config, workdir, args):

@@ -717,8 +717,7 @@ def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Non
   net = net if net is not None else _default_net(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  info = (data_module.dataset_info(config, eval_data=eval_data) if eval_data
-          else data_module.dataset_info(config))
+  info = data_module.dataset_info(config, eval_data=eval_data)
   image_spec = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
   # The optimizer only shapes the state's structure here; the schedule's values do not matter.
   tx = make_optimizer(config, optax.constant_schedule(config.optax.lr))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ge2ms_jax import data
 from ge2ms_jax.data import builders
+from ge2ms_jax.data import sources
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,7 @@ def cifar_folder(tmp_path_factory):
 
 
 def builders_classes():
-  return ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+  return sources.CIFAR10_CLASSES
 
 
 def cifar_config(source, data_dir, **pp):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ge2ms_jax import main
+from ge2ms_jax.data.sources import CIFAR10_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = REPO / "checkpoints" / "fashion_mnist_tiny"
@@ -16,8 +17,6 @@ CIFAR10 = REPO / "checkpoints" / "cifar10_tiny"
 # The run behind checkpoints/cifar10_tiny scored 81.1% on all 5,000 held-out images; 1,000 of them
 # (standard error about 1.2 points) should not fall below this unless the model is broken.
 CIFAR10_MIN_TOP1 = 0.77
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                   "truck")
 
 
 def _evaluate(capsys, config, checkpoint, *extra):

@@ -107,8 +107,8 @@ class ArrayData:
                    "test": make_arrays(num_test, size, num_classes=num_classes, seed=2)}
     self.built = []
 
-  def dataset_info(self, config):
-    del config
+  def dataset_info(self, config, eval_data=None):
+    del config, eval_data
     return types.SimpleNamespace(splits={k: len(v[1]) for k, v in self.splits.items()},
                                  num_classes=self.num_classes,
                                  image_shape=self.splits["train"][0].shape[1:])

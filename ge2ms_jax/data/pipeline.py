@@ -303,12 +303,15 @@ def _infer_image_shape(ds: sources_lib.OpenDataset, pp_spec: str) -> tuple[int, 
   return tuple(int(s) for s in out["image"].shape[1:])
 
 
-def _open(config, eval_data=None) -> sources_lib.OpenDataset:
+def _open(config, eval_data=None) -> tuple[sources_lib.OpenDataset, sources_lib.OpenDataset]:
+  """`(base, ds)`: the dataset the model is trained on, and the one to read (`eval_data` or base)."""
   if "data" not in config:
     raise ValueError("config has no 'data' section; start from ge2ms_jax.data.default_config(name).")
   if eval_data is not None:
-    return sources_lib.open_eval_data(eval_data, sources_lib.eval_base(config.data), config.data)
-  return sources_lib.open_dataset(config.data)
+    base = sources_lib.eval_base(config.data)
+    return base, sources_lib.open_eval_data(eval_data, base, config.data)
+  ds = sources_lib.open_dataset(config.data)
+  return ds, ds
 
 
 def _pp_spec(config, train: bool) -> str:
@@ -333,11 +336,7 @@ def dataset_info(config, eval_data: str | None = None) -> DatasetInfo:
     ValueError: for a bad config or data (naming the field, file or folder), or if `pp_train` and
       `pp_eval` give different image shapes.
   """
-  if eval_data:
-    base = sources_lib.eval_base(config.data)
-    ds = sources_lib.open_eval_data(eval_data, base, config.data)
-  else:
-    base = ds = _open(config)
+  base, ds = _open(config, eval_data or None)
   shape = _infer_image_shape(base, _pp_spec(config, False))
   train_shape = _infer_image_shape(base, _pp_spec(config, True))
   if train_shape != shape:
@@ -379,7 +378,7 @@ def build_iterator(config, split: str = "train", *, global_batch_size: int, shar
     batch with a sharding, else this process's share).
   """
   inp = sources_lib.input_settings(config.get("input"))
-  ds = _open(config, eval_data)
+  _, ds = _open(config, eval_data)
   if eval_data is not None and split not in ds.splits:
     if len(ds.splits) != 1:
       raise ValueError(f"eval_data {eval_data} has splits {sorted(ds.splits)} and none is "
