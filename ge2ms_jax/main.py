@@ -96,8 +96,8 @@ def _load(config, workdir, args):
     raise SystemExit(f"error: --mode {args.mode} needs --workdir (its newest checkpoint) or --checkpoint PATH.")
   if args.checkpoint is not None:
     _adopt_model_config(config, args.checkpoint)
-  if args.checkpoint is not None and export.is_export(args.checkpoint):
-    return export.load(args.checkpoint, config.model)
+    if export.is_export(args.checkpoint):
+      return export.load(args.checkpoint, config.model)
   return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint,
                         eval_data=args.eval_data)
 

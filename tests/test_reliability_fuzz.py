@@ -45,8 +45,8 @@ FAST = hypothesis.settings(max_examples=12)
 # GE2MS_FUZZ_EXAMPLES=N for more and GE2MS_FUZZ_RANDOM=1 for new random cases on every run.
 SLOW_EXAMPLES = int(os.environ.get("GE2MS_FUZZ_EXAMPLES", "250"))
 _RANDOM = os.environ.get("GE2MS_FUZZ_RANDOM", "") not in ("", "0")
-SLOW = hypothesis.settings(max_examples=SLOW_EXAMPLES, derandomize=not _RANDOM,
-                           **({"database": None} if _RANDOM else {}))
+_SLOW_DRAWS = dict(derandomize=not _RANDOM, **({"database": None} if _RANDOM else {}))
+SLOW = hypothesis.settings(max_examples=SLOW_EXAMPLES, **_SLOW_DRAWS)
 
 
 def attempt(target: str, fn, *args, **kwargs):
@@ -389,8 +389,7 @@ def test_fuzz_dataset_folders(tmp_path_factory, seed, skip_corrupt, validation_f
 
 @pytest.mark.slow
 @hypothesis.given(**FOLDER_ARGS)
-@hypothesis.settings(max_examples=max(1, SLOW_EXAMPLES // 5), derandomize=not _RANDOM,
-                     **({"database": None} if _RANDOM else {}))
+@hypothesis.settings(max_examples=max(1, SLOW_EXAMPLES // 5), **_SLOW_DRAWS)
 def test_fuzz_dataset_folders_long(tmp_path_factory, seed, skip_corrupt, validation_fraction):
   _run_folder_case(tmp_path_factory, seed=seed, skip_corrupt=skip_corrupt,
                    validation_fraction=validation_fraction)
