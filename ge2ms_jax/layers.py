@@ -3,7 +3,9 @@
 Every module takes a `mode`:
 
 * `"qann"`: the quantized ANN that training uses. Synapses have no bias and are followed by
-  BatchNorm; neurons are the ExpG quantizer `Q`.
+  BatchNorm; neurons are the ExpG quantizer `Q`. When the `"stats"` collection is mutable, neurons
+  return `spikes.Coded` values as in the fused path, so that the synaptic operations of the converted
+  network are counted (with gradients: the spike-aware loss of `ge2ms_jax.sparsity`).
 * `"fused"`: the converted network (BatchNorm folded into synapse biases) applied to the weighted
   sums of spikes; when the `"stats"` collection is mutable, neurons return `spikes.Coded` values
   carrying spike counts so that synaptic operations are counted, otherwise plain values.
@@ -277,8 +279,9 @@ class Synapse(nn.Module):
       y = op(x, kernel)
       if self.mode in FOLDED_MODES:
         if not self.first and self.mode == "spike":
-          raise ValueError(f"{_path(self)}: a synapse after the encoding layer received a real-valued "
-                           "input in a spiking mode; only the first layer may (it would be a multiplication).")
+          raise sp.MultiplicationFreeError(
+              f"{_path(self)}: a synapse after the encoding layer received a real-valued input in spike "
+              "mode; only the first layer may (it would be a multiplication).")
         macs = float(np.prod(y.shape, dtype=np.float64)) * fan_in
         self.sow("stats", "synapse", {"order": sp.trace_order(), "sops": jnp.zeros(()), "binary": jnp.asarray(True),
                                       "macs": jnp.asarray(macs, jnp.float32)})
@@ -390,10 +393,12 @@ class Neuron(nn.Module):
     channels = current.shape[-1]
     per_channel = spec.per_channel and not self.scalar_theta
     theta = self.param("theta", nn.initializers.constant(spec.theta_init), (channels,) if per_channel else ())
-    if self.mode == "qann":
-      return neurons.expg_quantize(current, theta, base, groups)
-    if self.mode == "fused":
-      if not self.is_mutable_collection("stats"):
+    if self.mode in ("qann", "fused"):
+      # With statistics the QANN runs like the fused SNN: every layer counts the synaptic operations
+      # its converted form will perform, differentiably (the spike-aware training loss uses them).
+      # `init` (where every collection is mutable) keeps the QANN's plain variables.
+      wanted = self.is_mutable_collection("stats") and not (self.mode == "qann" and self.is_initializing())
+      if not wanted:
         return neurons.expg_quantize(current, theta, base, groups)  # no statistics wanted: the fast path
       out = sp.coded_from_neuron(current, theta, base, groups)
       self.sow("stats", "neuron", {"order": sp.trace_order(), "spikes": jnp.sum(out.counts), "neurons": jnp.asarray(out.counts.size),

@@ -452,6 +452,78 @@ def digit_counts(current: Array, theta: Any, base: int, groups: int) -> Array:
   return jnp.stack(counts)
 
 
+def _digit_sum(n: Array, base: int, groups: int) -> Array:
+  """Sum of the `groups` base-`base` digits of integral levels `n` (any float or int dtype)."""
+  n = n.astype(jnp.int32)
+  total = jnp.zeros_like(n)
+  for g in range(groups):
+    total = total + (n // base ** (groups - 1 - g)) % base
+  return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _spike_count(x: Array, theta: Array, base: int, groups: int) -> Array:
+  levels = base**groups
+  n = jnp.clip(_signed_level(x, theta, levels), 0, levels - 1)
+  return _digit_sum(n, base, groups).astype(x.dtype)
+
+
+def _spike_count_fwd(x, theta, base, groups):
+  levels = base**groups
+  m = _signed_level(x, theta, levels)
+  out = _digit_sum(jnp.clip(m, 0, levels - 1), base, groups).astype(x.dtype)
+  return out, (x, theta, m.astype(_level_int_dtype(levels)))
+
+
+def _spike_count_bwd(base, groups, res, g):
+  x, theta, m = res
+  levels = base**groups
+  ct = _compute_dtype(x.dtype)
+  theta_c = jnp.asarray(theta, ct)
+  # The digit sum is a step function of the continuous level u = x L / theta; its gradient is that of
+  # the mean digit sum of the levels up to u, S(u) = (b - 1)/2 * log_b(1 + u), which is exact at
+  # u = b**k - 1 and puts the strongest pull toward silence on the smallest non-zero levels. Silent
+  # neurons (level 0) get no gradient: there is nothing left to save.
+  u = jnp.clip(x.astype(ct) * levels / theta_c, 0, levels - 1)
+  ds_du = jnp.where(m.astype(ct) >= 1, (base - 1) / (2 * np.log(base)) / (1 + u), 0)
+  g = g.astype(ct)
+  dx = (g * ds_du * levels / theta_c).astype(x.dtype)
+  dtheta = _sum_to_shape(-g * ds_du * u / theta_c, jnp.shape(theta)).astype(jnp.result_type(theta))
+  return dx, dtheta
+
+
+_spike_count.defvjp(_spike_count_fwd, _spike_count_bwd)
+
+
+def spike_count(x: Array, theta: Any, base: int, groups: int) -> Array:
+  """Spikes each ExpG-IF neuron fires in one window (the base-b digit sum of its level), with a
+  surrogate gradient, so that a loss on the converted network's synaptic operations can train the QANN.
+
+  Forward: exactly the spike count of `expg_if` for the current `x` (`sum_t spikes[t]`). Backward: the
+  gradient of the smooth mean digit sum `S(u) = (b - 1)/2 * log_b(1 + u)` of the continuous level
+  `u = x L / theta` (clipped to `[0, L - 1]`), for neurons that fire (level >= 1); zero for silent ones.
+  With respect to `theta` through `u` (a larger threshold means lower levels, fewer spikes).
+
+  Args:
+    x: input current `[..., C]` (float).
+    theta: threshold `> 0`, scalar or `[C]`.
+    base, groups: the spike code.
+
+  Returns:
+    `[..., C]` spike counts in `x`'s dtype, values in `0 .. groups * (base - 1)`.
+  """
+  base, groups = check_code(base, groups, "spike_count")
+  _check_theta(theta, "spike_count")
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  theta = jnp.asarray(theta)
+  if not jnp.issubdtype(theta.dtype, jnp.floating):
+    theta = theta.astype(jnp.float32)
+  _check_theta_shape(theta, x.shape, "spike_count")
+  return _spike_count(x, theta, base, groups)
+
+
 # ---------------------------------------------------------------------------------------------
 # STBP baselines: multi-step IF / LIF with surrogate gradients
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ from ge2ms_jax import neurons
 Array = jax.Array
 
 
+class MultiplicationFreeError(RuntimeError):
+  """A synaptic product in the spiking simulation had no binary operand (it would be a multiplication)."""
+
+
 @flax.struct.dataclass
 class SpikeTrain:
   """Binary spikes of every time step of one window, with their weights.
@@ -117,13 +121,14 @@ def from_neuron(current: Array, theta: Any, base: int, groups: int, method: str 
 
 
 def coded_from_neuron(current: Array, theta: Any, base: int, groups: int, dtype: Any = None) -> Coded:
-  """The fused path's neuron: `Q(current)` and each neuron's spike count, `[..., C]` each."""
+  """The fused path's neuron: `Q(current)` and each neuron's spike count, `[..., C]` each.
+
+  Both are differentiable (`neurons.spike_count` has a surrogate gradient), so the QANN can run this
+  way in training to estimate, and penalise, the synaptic operations of its converted network.
+  """
   value = neurons.expg_quantize(current, theta, base, groups)
-  n = neurons.level_index(current, theta, base, groups).astype(jnp.int32)
-  counts = jnp.zeros_like(n)
-  for g in range(groups):
-    counts = counts + (n // base ** (groups - 1 - g)) % base
-  return Coded(value=value if dtype is None else value.astype(dtype), counts=counts.astype(jnp.float32),
+  counts = neurons.spike_count(current, theta, base, groups).astype(jnp.float32)
+  return Coded(value=value if dtype is None else value.astype(dtype), counts=counts,
                base=base, groups=groups)
 
 
@@ -157,7 +162,8 @@ def einsum_fanout(subscripts: str, train_left: bool, train_shape: tuple[int, ...
   return int(np.prod([s for name, s in sizes.items() if name not in t_labels], dtype=np.int64))
 
 
-def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None] | None = None) -> Array:
+def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None] | None = None, *,
+                 spiking: str | None = None) -> Array:
   """An einsum in which one operand may be a spike train; the other is used as its dense value.
 
   With a train operand the product is `sum_s scales[s] * theta * einsum(spikes[s], other)`: the
@@ -167,11 +173,21 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
   Args:
     subscripts: einsum subscripts `"...ab,...bc->...ac"` with a leading ellipsis on every operand.
     a, b: dense arrays, `Coded` values or `SpikeTrain`s (a train with a scalar threshold).
-    record: called with `{"sops", "binary", "nnz"}` when a train operand is present.
+    record: called with `{"sops", "binary", "nnz"}` when a train or coded operand is present.
+    spiking: the calling layer's name when it runs in spike mode: a product without a spike-train
+      operand is then a multiplication of two real-valued tensors, and an error naming the layer.
 
   Returns:
     the dense product.
+
+  Raises:
+    MultiplicationFreeError: with `spiking` set, when neither operand is a `SpikeTrain`.
   """
+  if spiking is not None and not (isinstance(a, SpikeTrain) or isinstance(b, SpikeTrain)):
+    raise MultiplicationFreeError(
+        f"{spiking}: the product {subscripts!r} in the spiking network has no spike-train operand "
+        f"(operands {type(a).__name__} {tuple(a.shape)} and {type(b).__name__} {tuple(b.shape)}); it "
+        "would multiply two real-valued tensors. Feed one operand from a neuron site.")
   if isinstance(a, SpikeTrain):
     train, other, left = a, dense(b), True
   elif isinstance(b, SpikeTrain):

@@ -39,6 +39,7 @@ from ge2ms_jax import checkpoint as ckpt_lib
 from ge2ms_jax import config_utils
 from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import sharding as sharding_lib
+from ge2ms_jax import sparsity as sparsity_lib
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.every_steps = 1000   # 0: only at the end.
   c.evals.split = ""           # "": config.data.eval_split.
   c.evals.batch_size = 256
+
+  # Spike-aware training (ge2ms_jax/sparsity.py): weight * SOPs/MAC of the converted network.
+  c.sparsity = sparsity_lib.default_config()
+  # Fine-tuning: start from these QANN variables (an export, an Orbax checkpoint step folder, or a
+  # workdir) with a fresh optimizer; a checkpoint in this run's own workdir still wins (resume).
+  c.init_from = ""
   return c
 
 
@@ -209,19 +216,27 @@ def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]
 
 
 def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   config: ml_collections.ConfigDict) -> Callable:
+                   config: ml_collections.ConfigDict, ann_macs: float | None = None) -> Callable:
   """The pure update step `(state, batch) -> (state, metrics)`.
 
   `batch`: `"image"` f32 [B, H, W, C], `"label"` i32 [B], `"target"` f32 [B, K].
-  `metrics`: scalars `loss`, `accuracy`, `grad_norm`, `lr`.
+  `metrics`: scalars `loss`, `accuracy`, `grad_norm`, `lr`; with spike-aware training
+  (`config.sparsity`, needs `ann_macs`: the network's MACs per image) also `sop_per_mac` (the
+  converted network's synaptic operations per image over `ann_macs`, on this batch) and
+  `sparsity_loss` (its term of `loss`).
   """
   ema_decay = float(config.optax.ema_decay)
   accum = int(config.optax.grad_accum_steps)
   skip_non_finite = nan_policy(config) == "skip"
+  spike_aware = sparsity_lib.enabled(config)
+  sparsity = sparsity_lib.check(config)
+  if spike_aware and not ann_macs:
+    raise ValueError("make_update_fn: spike-aware training (config.sparsity) needs ann_macs, the "
+                     "network's MACs per image (model.count(config.model)['macs']).")
 
   def update(state: TrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    mutable = list(state.model_state)
+    mutable = list(state.model_state) + (["stats"] if spike_aware else [])
 
     def loss_fn(params):
       variables = {"params": params, **state.model_state}
@@ -231,11 +246,18 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
       else:
         logits = net.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
         new_model_state = {}
+      new_model_state = dict(new_model_state)
       logits = logits.astype(jnp.float32)  # The loss in float32 also under bf16 compute.
       loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["target"]))
-      return loss, (logits, new_model_state)
+      extra = {}
+      if spike_aware:
+        sops = sparsity_lib.total_sops(new_model_state.pop("stats")) / logits.shape[0]
+        extra["sop_per_mac"] = sops / ann_macs
+        extra["sparsity_loss"] = sparsity_lib.penalty(extra["sop_per_mac"], sparsity.weight, sparsity.target)
+        loss = loss + extra["sparsity_loss"]
+      return loss, (logits, new_model_state, extra)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (logits, new_model_state, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -251,6 +273,7 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)),
         "grad_norm": grad_norm,
         "lr": schedule(state.step // accum),
+        **extra,
     }
     if skip_non_finite:
       # Keep everything but the step counter: the bad batch leaves no trace in the state.
@@ -459,7 +482,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Update step: one jit, state donated, shardings fixed, traced once.
     # ----------------------------------------------------------------------------------------
-    update = make_update_fn(self.net, self.tx, self.schedule, config)
+    ann_macs = None
+    if sparsity_lib.enabled(config):
+      from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
+      ann_macs = float(models.count(config.model)["macs"])
+    update = make_update_fn(self.net, self.tx, self.schedule, config, ann_macs)
     if wrap_update is not None:
       update = wrap_update(update)
     self.update_fn = jax.jit(update, donate_argnums=(0,),
@@ -486,7 +513,21 @@ class Trainer:
       _log.info("resumed from step %d of %s", restored.step, self.checkpointer.directory)
     if self.state is None:
       self.state = self._init_jit(self._rng_data)
+      if config.get("init_from"):
+        self.state = self._initialize_from(config.init_from)
     self.step = int(jax.device_get(self.state.step))
+
+  def _initialize_from(self, path: str) -> TrainState:
+    """The fresh state with its parameters and BatchNorm statistics from a trained model (fine-tuning:
+    the optimizer, step and EMA start anew)."""
+    variables = initial_variables(self.config, path)
+    params, model_state = _split_variables(variables)
+    params = jax.device_put(params, self.state_shardings.params)
+    model_state = jax.device_put(dict(model_state), self.state_shardings.model_state)
+    ema = jax.tree.map(jnp.copy, params) if self.config.optax.ema_decay else self.state.ema_params
+    _log.info("initialized from %s (fresh optimizer)", path)
+    return self.state.replace(params=params, model_state=model_state, ema_params=ema,
+                              opt_state=jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params))
 
   # ------------------------------------------------------------------------------------------
   def _save_config(self) -> None:
@@ -625,7 +666,8 @@ class Trainer:
                    progress: metrics_lib.Progress) -> dict[str, float]:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     values["epoch"] = step / self.steps_per_epoch if self.steps_per_epoch else float("nan")
-    rates = progress.update(step, {"loss": values["loss"], "lr": values["lr"]}, force=True)
+    rates = progress.update(step, {k: values[k] for k in ("loss", "lr", "sop_per_mac") if k in values},
+                            force=True)
     values.update({k: v for k, v in rates.items() if k != "eta_sec"})
     self.writer.write(step, {f"train/{k}": v for k, v in values.items()})
     return {"step": step, **values}
@@ -735,6 +777,30 @@ def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | Non
   _log.info("loaded step %d from %s", restored.step, directory)
   return LoadedRun(net=net, state=restored.state, step=restored.step, mesh=mesh,
                    batch_sharding=batch_sharding, eval_fn=eval_fn)
+
+
+def initial_variables(config: ml_collections.ConfigDict, path: str | os.PathLike) -> dict:
+  """QANN variables `{"params", "batch_stats"}` to fine-tune from.
+
+  Args:
+    config: the run's config (its model must be the one the variables were trained with).
+    path: an export directory, an Orbax checkpoint directory or step folder, or a training workdir
+      (its newest checkpoint).
+
+  Raises:
+    FileNotFoundError: naming `path` when it does not exist; `export.ExportError` for an export that
+      does not fit `config.model`.
+  """
+  from ge2ms_jax import evaluation, export  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.init_from={path!r} does not exist; give an export directory, "
+                            "an Orbax checkpoint (step folder) or a training workdir.")
+  if export.is_export(path):
+    return dict(export.load(path, config.model).variables)
+  workdir_ckpts = os.path.join(path, "checkpoints")
+  run = load_run(config, checkpoint=workdir_ckpts if os.path.isdir(workdir_ckpts) else path)
+  return jax.device_get(evaluation.qann_variables(run.state, config))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
