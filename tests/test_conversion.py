@@ -136,8 +136,31 @@ def test_multiplication_free_checker_catches_a_non_spiking_operand(monkeypatch):
 
 
 def test_real_valued_input_to_a_later_synapse_is_refused():
-  with pytest.raises(ValueError, match="received a real-valued input in a spiking mode"):
+  with pytest.raises(snn.MultiplicationFreeError, match="received a real-valued input in spike mode"):
     L.Synapse(4, mode="spike").init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))
+
+
+def test_attention_product_of_two_real_valued_operands_is_an_error(monkeypatch):
+  cfg, _, variables, x = _setup("", jnp.float32, batch=2)
+  converted = C.convert(variables, cfg)
+  # Q, K and V reach the attention as their dense values instead of spike trains: every window
+  # product would multiply two real-valued tensors.
+  monkeypatch.setattr(L, "map_activation", lambda a, fn: fn(sp.dense(a)))
+  snn._apply_fn.cache_clear()
+  try:
+    with pytest.raises(snn.MultiplicationFreeError, match=r"stage1/block0: the product .* no spike-train operand"):
+      snn.simulate(converted, x, "spike", config=cfg)
+    # The fused path runs the same products on values: it is not a spike-level check.
+    snn.simulate(converted, x, "fused", config=cfg)
+  finally:
+    snn._apply_fn.cache_clear()
+
+
+def test_spike_einsum_refuses_dense_operands_in_spike_mode():
+  a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
+  np.testing.assert_allclose(sp.spike_einsum("...ij,...jk->...ik", a, b), a @ b)  # outside spike mode
+  with pytest.raises(sp.MultiplicationFreeError, match="layer/x: the product"):
+    sp.spike_einsum("...ij,...jk->...ik", a, b, spiking="layer/x")
 
 
 def test_conversion_refuses_non_convertible_models():

@@ -34,6 +34,9 @@ Config fields:
                                    imagenet2012).
   config.data.validation_fraction  fraction of each class of "train" held out as "validation"
                                    (ImageFolder sources without a validation folder; 0.1 for cifar).
+  config.data.tune_fraction        then a fraction of each class of the remaining "train" held out
+                                   as "tune": a split to choose settings on (e.g. a sweep's eval
+                                   split) that leaves "validation"/"test" untouched until the end.
   config.data.split_seed           seed of that hold-out draw.
   config.data.skip_corrupt         skip (and count) corrupt images instead of failing.
   config.data.image_shape, num_classes, num_train_examples, num_eval_examples

@@ -216,8 +216,12 @@ def load_embedded(path: str | os.PathLike = EMBEDDED_PATH) -> dict[str, tuple[np
 
 @dataclasses.dataclass(eq=False)
 class IdxConfig(tfds.core.BuilderConfig):
-  """Where a `Ge2msIdx` dataset comes from: `source` None is the embedded subset."""
+  """Where a `Ge2msIdx` dataset comes from: `source` None is the embedded subset; a
+  `validation_fraction` of each class of "train" is held out as "validation" (see `hold_out`)."""
   source: str | None = None
+  validation_fraction: float = 0.0
+  tune_fraction: float = 0.0
+  split_seed: int = 0
 
 
 class Ge2msIdx(tfds.core.GeneratorBasedBuilder):
@@ -249,6 +253,9 @@ class Ge2msIdx(tfds.core.GeneratorBasedBuilder):
       arrays = load_embedded()
     else:
       arrays = {s: load_idx_split(*p) for s, p in find_idx_pairs(source).items()}
+    cfg = self.builder_config
+    for split, fraction in (("validation", cfg.validation_fraction), ("tune", cfg.tune_fraction)):
+      arrays = hold_out_arrays(arrays, fraction, cfg.split_seed, split, len(FASHION_MNIST_CLASSES))
     return {s: self._generate_examples(*a) for s, a in arrays.items()}
 
   def _generate_examples(self, images, labels):
@@ -256,8 +263,17 @@ class Ge2msIdx(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": images[i], "label": int(labels[i])}
 
 
-def idx_config(source: str | os.PathLike | None) -> tuple[str, callable]:
-  """`(config name, config factory)` for the embedded subset (None) or an IDX directory."""
+def idx_config(source: str | os.PathLike | None, validation_fraction: float = 0.0,
+               tune_fraction: float = 0.0, split_seed: int = 0) -> tuple[str, callable]:
+  """`(config name, config factory)` for the embedded subset (None) or an IDX directory, with
+  `validation_fraction` and then `tune_fraction` of each class of "train" held out as "validation"
+  and "tune" (see `hold_out`)."""
+  _check_fractions(validation_fraction, tune_fraction)
+  if validation_fraction or tune_fraction:
+    name, make = idx_config(source)
+    name = f"{name}_held{_digest(validation_fraction, tune_fraction, split_seed)[:8]}"
+    return name, lambda: dataclasses.replace(make(), name=name, validation_fraction=validation_fraction,
+                                             tune_fraction=tune_fraction, split_seed=split_seed)
   if source is None:
     if not EMBEDDED_PATH.exists():
       load_embedded()  # raises the explanatory error
@@ -465,7 +481,35 @@ def scan_folder(reader: FolderReader, num_classes: int | None = None,
   return FolderLayout(files=layout, classes=classes)
 
 
-def hold_out(layout: FolderLayout, fraction: float, seed: int) -> FolderLayout:
+# Held-out splits carved from "train", in this order, and the random stream each is drawn with.
+HELD_OUT_SPLITS = {"validation": (), "tune": (1,)}
+
+
+def held_out(count: int, fraction: float, seed: int, class_index: int, split: str = "validation") -> set[int]:
+  """Indices (into one class's `count` training examples) that `hold_out` moves to `split`:
+  `round(fraction * count)` of them, at least one when the class has two or more examples and
+  fraction > 0, drawn with `np.random.default_rng([seed, class_index, *stream])` (the stream of
+  `HELD_OUT_SPLITS`, so that the "validation" split is the same whether or not a "tune" split is
+  also carved)."""
+  n_val = int(round(fraction * count))
+  n_val = min(max(n_val, 1), count - 1) if count >= 2 else 0
+  rng = np.random.default_rng([seed, class_index, *HELD_OUT_SPLITS[split]])
+  return set(rng.permutation(count)[:n_val].tolist())
+
+
+def hold_out_arrays(arrays: dict, fraction: float, seed: int, split: str, num_classes: int) -> dict:
+  """`hold_out` for in-memory splits `{name: (images [N, ...], labels [N])}`."""
+  if not fraction or split in arrays or "train" not in arrays:
+    return arrays
+  images, labels = arrays["train"]
+  pick = np.zeros(len(labels), bool)
+  for ci in range(num_classes):
+    members = np.flatnonzero(labels == ci)
+    pick[members[sorted(held_out(len(members), fraction, seed, ci, split))]] = True
+  return {**arrays, "train": (images[~pick], labels[~pick]), split: (images[pick], labels[pick])}
+
+
+def hold_out(layout: FolderLayout, fraction: float, seed: int, split: str = "validation") -> FolderLayout:
   """Moves a class-stratified `fraction` of "train" into a new "validation" split.
 
   Per class, `round(fraction * n)` files drawn with `np.random.default_rng([seed, class index])`
@@ -474,21 +518,16 @@ def hold_out(layout: FolderLayout, fraction: float, seed: int) -> FolderLayout:
   """
   if not 0 <= fraction < 1:
     raise ValueError(f"validation_fraction must be in [0, 1), got {fraction!r}.")
-  if fraction == 0 or "validation" in layout.files or "train" not in layout.files:
+  if fraction == 0 or split in layout.files or "train" not in layout.files:
     return layout
   train, val = [], []
   for ci, c in enumerate(layout.classes):
     items = [x for x in layout.files["train"] if x[1] == c]
-    n_val = int(round(fraction * len(items)))
-    if len(items) >= 2:
-      n_val = min(max(n_val, 1), len(items) - 1)
-    else:
-      n_val = 0
-    pick = set(np.random.default_rng([seed, ci]).permutation(len(items))[:n_val].tolist())
+    pick = held_out(len(items), fraction, seed, ci, split)
     for i, x in enumerate(items):
       (val if i in pick else train).append(x)
   files = dict(layout.files)
-  files["train"], files["validation"] = train, val
+  files["train"], files[split] = train, val
   return FolderLayout(files=files, classes=layout.classes)
 
 
@@ -501,6 +540,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   image_shape: tuple | None = None       # (H, W, C) stored decoded; None: original bytes kept
   channels: int = 3
   validation_fraction: float = 0.0
+  tune_fraction: float = 0.0
   split_seed: int = 0
   skip_corrupt: bool = False
   # The file lists stay out of the repr, which TFDS logs.
@@ -585,30 +625,38 @@ class Ge2msImageFolder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["skipped"][split] = skipped
 
 
+def _check_fractions(validation_fraction: float, tune_fraction: float) -> None:
+  for field, value in (("validation_fraction", validation_fraction), ("tune_fraction", tune_fraction)):
+    if not 0 <= value < 1:
+      raise ValueError(f"config.data.{field} must be in [0, 1), got {value!r}.")
+
+
 def folder_config(source: str | os.PathLike, *, num_classes: int | None,
                   class_names: Sequence[str] | None, image_shape: tuple | None, channels: int,
                   validation_fraction: float, split_seed: int, skip_corrupt: bool,
-                  prefix: str) -> tuple[str, callable]:
+                  prefix: str, tune_fraction: float = 0.0) -> tuple[str, callable]:
   """`(config name, config factory)` of an ImageFolder source and its split rules.
 
   The name digests the source's fingerprint and every rule, so a changed source or rule is
   prepared afresh; the factory scans the source (only needed when preparing).
   """
   reader = FolderReader(source)
-  if not 0 <= validation_fraction < 1:
-    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
-  key = _digest(reader.fingerprint(), num_classes, list(class_names or ()),
-                list(image_shape) if image_shape else None, channels, validation_fraction,
-                split_seed, skip_corrupt)
+  _check_fractions(validation_fraction, tune_fraction)
+  rules = [reader.fingerprint(), num_classes, list(class_names or ()),
+           list(image_shape) if image_shape else None, channels, validation_fraction, split_seed,
+           skip_corrupt]
+  key = _digest(*rules, tune_fraction) if tune_fraction else _digest(*rules)
   name = f"{prefix}_{key}"
 
   def make():
     layout = scan_folder(reader, num_classes=num_classes, class_names=class_names)
     layout = hold_out(layout, validation_fraction, split_seed)
+    layout = hold_out(layout, tune_fraction, split_seed, "tune")
     return FolderConfig(name=name, source=os.fspath(reader.path.resolve()),
                         class_names=tuple(layout.classes), num_classes=num_classes,
                         image_shape=tuple(image_shape) if image_shape else None, channels=channels,
-                        validation_fraction=validation_fraction, split_seed=split_seed,
+                        validation_fraction=validation_fraction, tune_fraction=tune_fraction,
+                        split_seed=split_seed,
                         skip_corrupt=skip_corrupt, layout=layout, reader=reader,
                         description=f"ImageFolder {reader.path}")
 

@@ -37,7 +37,7 @@ def default_data_dir() -> str:
 # Default configs
 # ---------------------------------------------------------------------------------------------
 _COMMON_DATA = dict(data_dir=None, source=None, train_split="train", eval_split="test",
-                    validation_fraction=0.0, split_seed=0, skip_corrupt=False)
+                    validation_fraction=0.0, tune_fraction=0.0, split_seed=0, skip_corrupt=False)
 _SYNTHETIC_DATA = dict(image_shape=(32, 32, 3), num_classes=10, num_train_examples=1024,
                        num_eval_examples=256)
 DATA_FIELDS = ("name",) + tuple(_COMMON_DATA) + tuple(_SYNTHETIC_DATA)
@@ -289,7 +289,8 @@ def open_dataset(data_config) -> OpenDataset:
       raise ValueError(f"the full Fashion-MNIST set was not found at {source}; install Debian's "
                        "package dataset-fashion-mnist, or set config.data.source to a directory "
                        "of its IDX files (or use name='fashion_mnist', the embedded subset).")
-    config_name, make = builders.idx_config(source)
+    config_name, make = builders.idx_config(source, float(s["validation_fraction"]),
+                                            float(s.get("tune_fraction", 0.0)), int(s["split_seed"]))
     return _from_builder(name, builders.prepare(data_dir, builders.Ge2msIdx, config_name, make))
   if name in ("cifar10", "cifar100"):
     if not s["source"]:
@@ -298,7 +299,8 @@ def open_dataset(data_config) -> OpenDataset:
     config_name, make = builders.folder_config(
         s["source"], num_classes=10 if name == "cifar10" else 100, class_names=None,
         image_shape=(32, 32, 3), channels=3, validation_fraction=float(s["validation_fraction"]),
-        split_seed=int(s["split_seed"]), skip_corrupt=bool(s["skip_corrupt"]), prefix=name)
+        tune_fraction=float(s.get("tune_fraction", 0.0)), split_seed=int(s["split_seed"]),
+        skip_corrupt=bool(s["skip_corrupt"]), prefix=name)
     return _from_builder(name, builders.prepare(data_dir, builders.Ge2msImageFolder, config_name,
                                                 make))
   if name == "imagenet2012":
