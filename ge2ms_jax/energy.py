@@ -1,39 +1,57 @@
-"""Energy accounting of the spiking network (METHOD.md §4).
+"""Energy accounting of the spiking network (METHOD.md §4; definitions in docs/energy.md).
 
     E_SNN = E_MAC * MACs(encoding layer) + E_AC * SOPs + E_shift * shifts + E_scale * scalings
     E_ANN = E_MAC * MACs(every layer, attention products included)
 
-per image, with 45 nm constants by default (Horowitz, ISSCC 2014: `E_MAC = 4.6 pJ`, `E_AC = 0.9 pJ`).
+per image, under a named energy preset (`ENERGY_PRESETS`, Horowitz, ISSCC 2014, 45 nm):
+
+* `"fp32_45nm"` (the default, the papers' convention): `E_MAC = 4.6 pJ` (fp32 multiply 3.7 + fp32
+  add 0.9), `E_AC = 0.9 pJ` (fp32 add).
+* `"int_45nm"` (the QANN as integer arithmetic, the SNN accumulating integers): `E_MAC = 0.3 pJ`
+  (8-bit multiply 0.2 + 32-bit add 0.1), `E_AC = 0.1 pJ` (32-bit add).
 
 * SOPs are counted from the actual spikes: for every time step, each spike of a synapse's input
   triggers one accumulate per output it reaches (`nnz x fan-out`, exact at borders and strides);
   residual integrations add one accumulate per incoming spike; an attention product accumulates the
   other operand's free axis per spike.
 * Power-of-two step weights: spikes of one group share the weight `theta * b**-g`, so an accumulator
-  is rescaled once per output and group. With `b` a power of two that is a shift (`E_shift`, 0 pJ by
-  default: the group's partial sum is shifted into the accumulator, a wiring choice in digital logic);
-  otherwise it is a multiplication (`E_scale`, by default `E_MAC`). The attention's `2**-k` output
-  scale is one shift per output. All counts are reported, whatever their price.
+  is rescaled once per output and group. With `b` a power of two that is a shift (`E_shift`, 0 pJ in
+  both presets: the group's partial sum is shifted into the accumulator, a wiring choice in digital
+  logic); otherwise it is a multiplication (`E_scale`, by default the preset's `E_MAC`). The
+  attention's `2**-k` output scale is one shift per output. All counts are reported, whatever their
+  price.
+* `sop_per_mac` (SNN SOPs per image / ANN MACs per image) is the hardware-independent number: the
+  energy ratio of any preset follows from it and the preset's `E_MAC / E_AC`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ge2ms_jax.snn import LayerStats, SimResult
+from ge2ms_jax.snn import LayerStats, SimResult, check_label
 
 
 @dataclasses.dataclass(frozen=True)
 class EnergyModel:
-  """Energy per operation in picojoules."""
+  """Energy per operation in picojoules.
+
+  Attributes:
+    e_mac_pj: one multiply-accumulate (the encoding layer of the SNN, every layer of the ANN).
+    e_ac_pj: one accumulate (a synaptic operation driven by a spike).
+    e_shift_pj: one rescale of an accumulator by a power of two.
+    e_scale_pj: one rescale by another factor; None prices it as a MAC.
+    name: the preset's key in `ENERGY_PRESETS`; empty for hand-made constants (`label` then names
+      the preset with the same constants, if any).
+  """
   e_mac_pj: float = 4.6
   e_ac_pj: float = 0.9
   e_shift_pj: float = 0.0
   e_scale_pj: float | None = None  # None: same as e_mac_pj
+  name: str = ""
 
   def __post_init__(self):
     for name in ("e_mac_pj", "e_ac_pj", "e_shift_pj"):
@@ -43,7 +61,37 @@ class EnergyModel:
 
   @property
   def scale_pj(self) -> float:
+    """Energy of a non-power-of-two rescale (a MAC unless set)."""
     return self.e_mac_pj if self.e_scale_pj is None else self.e_scale_pj
+
+  @property
+  def label(self) -> str:
+    """The preset name, or that of the preset with the same constants, or "custom"."""
+    if self.name:
+      return self.name
+    for key, preset in ENERGY_PRESETS.items():
+      if dataclasses.replace(preset, name="") == self:
+        return key
+    return "custom"
+
+
+# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm, 0.9 V:
+# fp32 mult 3.7 pJ, fp32 add 0.9 pJ; 8-bit mult 0.2 pJ, 8-bit add 0.03 pJ, 32-bit mult 3.1 pJ,
+# 32-bit add 0.1 pJ. docs/energy.md gives the reasons for each pairing.
+ENERGY_PRESETS: dict[str, EnergyModel] = {
+    # The convention of the spiking-transformer papers: every operation in fp32.
+    # MAC = fp32 multiply 3.7 + fp32 add 0.9; AC = fp32 add.
+    "fp32_45nm": EnergyModel(e_mac_pj=4.6, e_ac_pj=0.9, e_shift_pj=0.0, name="fp32_45nm"),
+    # Integer hardware on both sides: int8 weights times activations of at most 8 bits fit an
+    # 8-bit multiplier, sums go into a 32-bit accumulator; a spike adds an int8 weight to the same
+    # 32-bit accumulator. MAC = 8-bit multiply 0.2 + 32-bit add 0.1; AC = 32-bit add.
+    "int_45nm": EnergyModel(e_mac_pj=0.3, e_ac_pj=0.1, e_shift_pj=0.0, name="int_45nm"),
+}
+DEFAULT_PRESET = "fp32_45nm"
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "fp32_45nm": "fp32 arithmetic, 45 nm (papers' convention): MAC 4.6 pJ, AC 0.9 pJ",
+    "int_45nm": "integer arithmetic, 45 nm: MAC 0.3 pJ (8-bit mult + 32-bit add), AC 0.1 pJ (32-bit add)",
+}
 
 
 @dataclasses.dataclass
@@ -72,6 +120,9 @@ class EnergyReport:
     ann_macs: MACs per image of the ANN.
     spikes_per_neuron, firing_rate: network averages over all neuron sites.
     time_steps: the largest window of any site (`T`).
+    model: the energy constants the layers are priced with.
+    num_images: images the statistics were summed over.
+    snn_mode: the simulation mode the statistics came from ("spike" | "fused"; None: unknown).
   """
   layers: list[LayerEnergy]
   snn_mj: float
@@ -86,18 +137,54 @@ class EnergyReport:
   time_steps: int
   model: EnergyModel
   num_images: int
+  snn_mode: str | None = None
 
   @property
   def ratio(self) -> float:
     """ANN energy / SNN energy."""
     return self.ann_mj / self.snn_mj if self.snn_mj else float("inf")
 
+  @property
+  def sop_per_mac(self) -> float:
+    """SNN synaptic operations per image / ANN MACs per image (encoding MACs not in the numerator)."""
+    return self.sops / self.ann_macs if self.ann_macs else float("inf")
+
+  @property
+  def snn_check(self) -> str:
+    """Whether the statistics come from a spike-by-spike, multiplication-free-checked run."""
+    return check_label(self.snn_mode)
+
+  def reprice(self, model: EnergyModel) -> "EnergyReport":
+    """The same counts priced with other constants (a new report; the counts are shared)."""
+    layers = [dataclasses.replace(r, energy_pj=_layer_pj(model, r.macs, r.sops, r.shifts, r.scalings))
+              for r in self.layers]
+    return dataclasses.replace(self, layers=layers, model=model,
+                               snn_mj=sum(r.energy_pj for r in layers) * 1e-9,
+                               ann_mj=model.e_mac_pj * self.ann_macs * 1e-9)
+
+  def presets(self, presets: Mapping[str, EnergyModel] | None = None) -> dict[str, dict[str, float]]:
+    """Energy per image under each preset (default `ENERGY_PRESETS`).
+
+    Returns:
+      `{preset: {"snn_mj_per_image", "ann_mj_per_image", "ann_over_snn"}}`.
+    """
+    out = {}
+    for name, model in (ENERGY_PRESETS if presets is None else presets).items():
+      r = self.reprice(model)
+      out[name] = {"snn_mj_per_image": r.snn_mj, "ann_mj_per_image": r.ann_mj, "ann_over_snn": r.ratio}
+    return out
+
   def to_json(self) -> dict[str, Any]:
+    """The report as JSON-ready data, with the ratio, SOPs/MAC, check label and every preset."""
     d = dataclasses.asdict(self)
     d["ratio_ann_over_snn"] = self.ratio
+    d["sop_per_mac"] = self.sop_per_mac
+    d["snn_check"] = self.snn_check
+    d["energy_presets"] = self.presets()
     return d
 
   def save_json(self, path: str) -> None:
+    """Writes `to_json()` to `path`."""
     with open(path, "w") as f:
       json.dump(self.to_json(), f, indent=1)
 
@@ -118,8 +205,13 @@ class EnergyReport:
               f"shifts {self.shifts:.4g}, scalings {self.scalings:.4g}; T = {self.time_steps}, "
               f"{self.spikes_per_neuron:.3f} spikes/neuron, firing rate {self.firing_rate:.4f})",
               f"ANN: {self.ann_mj:.5f} mJ/image  ({self.ann_macs:.4g} MACs)   ANN/SNN = {self.ratio:.2f}x",
-              f"constants: E_MAC {self.model.e_mac_pj} pJ, E_AC {self.model.e_ac_pj} pJ, "
+              f"SOPs/MAC {self.sop_per_mac:.3f}  (SNN SOPs per image / ANN MACs per image)",
+              f"constants ({self.model.label}): E_MAC {self.model.e_mac_pj} pJ, E_AC {self.model.e_ac_pj} pJ, "
               f"E_shift {self.model.e_shift_pj} pJ, E_scale {self.model.scale_pj} pJ; {self.num_images} images"]
+    for name, e in self.presets().items():
+      lines.append(f"preset {name:<10} SNN {e['snn_mj_per_image']:.6f} mJ  ANN {e['ann_mj_per_image']:.6f} mJ  "
+                   f"ANN/SNN {e['ann_over_snn']:.2f}x  ({PRESET_DESCRIPTIONS.get(name, '')})")
+    lines.append(f"simulation: {self.snn_check}")
     return "\n".join(lines)
 
   def plot(self, path: str) -> None:
@@ -136,7 +228,8 @@ class EnergyReport:
                 color=[colors.get(r.kind, "tab:gray") if r.macs == 0 else "tab:red" for r in syn])
     axes[0].set_xticks(range(len(syn)), [r.name for r in syn], rotation=90, fontsize=6)
     axes[0].set_ylabel("energy per image (uJ)")
-    axes[0].set_title(f"SNN {self.snn_mj:.4f} mJ vs ANN {self.ann_mj:.4f} mJ per image\n"
+    axes[0].set_title(f"SNN {self.snn_mj:.4f} mJ vs ANN {self.ann_mj:.4f} mJ per image ({self.model.label}; "
+                      f"{self.snn_check})\n"
                       "red: encoding MACs, blue: conv/dense, orange: attention, green: shortcuts", fontsize=9)
     axes[1].bar(range(len(neu)), [r.firing_rate or 0.0 for r in neu], color="tab:purple")
     axes[1].set_xticks(range(len(neu)), [r.name for r in neu], rotation=90, fontsize=6)
@@ -146,21 +239,28 @@ class EnergyReport:
     plt.close(fig)
 
 
+def _layer_pj(model: EnergyModel, macs: float, sops: float, shifts: float, scalings: float) -> float:
+  return model.e_mac_pj * macs + model.e_ac_pj * sops + model.e_shift_pj * shifts + model.scale_pj * scalings
+
+
 def energy_report(sim: SimResult | Sequence[LayerStats], ann_macs: float, num_images: int | None = None,
-                  model: EnergyModel = EnergyModel()) -> EnergyReport:
+                  model: EnergyModel = ENERGY_PRESETS[DEFAULT_PRESET], *,
+                  snn_mode: str | None = None) -> EnergyReport:
   """Energy per image from simulation statistics.
 
   Args:
     sim: a `snn.SimResult` (or its layer list, then `num_images` is required).
     ann_macs: MACs per image of the same network as an ANN (`model.count(config)["macs"]`).
     num_images: images the statistics were summed over.
-    model: energy constants.
+    model: energy constants, e.g. `ENERGY_PRESETS["int_45nm"]` (default: the fp32 preset).
+    snn_mode: the simulation mode of a layer list (a `SimResult` carries its own).
 
   Returns:
     an `EnergyReport`.
   """
   if isinstance(sim, SimResult):
     rows, num_images = sim.layers, sim.num_images
+    snn_mode = sim.mode if snn_mode is None else snn_mode
   else:
     rows = list(sim)
   if not num_images or num_images < 1:
@@ -181,9 +281,7 @@ def energy_report(sim: SimResult | Sequence[LayerStats], ann_macs: float, num_im
       t_max = max(t_max, r.steps)
       continue
     per = dict(macs=r.macs / n, sops=r.sops / n, shifts=r.shifts / n, scalings=r.scalings / n)
-    e = (model.e_mac_pj * per["macs"] + model.e_ac_pj * per["sops"] + model.e_shift_pj * per["shifts"]
-         + model.scale_pj * per["scalings"])
-    layers.append(LayerEnergy(r.name, r.kind, energy_pj=e, **per))
+    layers.append(LayerEnergy(r.name, r.kind, energy_pj=_layer_pj(model, **per), **per))
     for k in tot:
       tot[k] += per[k]
   snn_pj = sum(r.energy_pj for r in layers)
@@ -192,4 +290,4 @@ def energy_report(sim: SimResult | Sequence[LayerStats], ann_macs: float, num_im
                       shifts=tot["shifts"], scalings=tot["scalings"],
                       spikes_per_neuron=spikes / neurons if neurons else 0.0,
                       firing_rate=spikes / spike_steps if spike_steps else 0.0, time_steps=t_max,
-                      model=model, num_images=int(num_images))
+                      model=model, num_images=int(num_images), snn_mode=snn_mode)

@@ -1,8 +1,10 @@
 """Evaluating a trained QANN and its spiking conversion side by side on a dataset.
 
 `evaluate_snn` converts the QANN, runs both over one pass of an evaluation set, and returns top-1 of
-each, their prediction agreement, and the SNN's energy per image from the spikes it fired (with the
-ANN's energy beside it). `--mode evaluate` of the command line prints its JSON.
+each, their prediction agreement, the SNN's synaptic operations per image against the ANN's MACs,
+its energy per image from the spikes it fired under each energy preset (with the ANN's energy beside
+it), its latency, and which simulation produced it (`snn_check`). `--mode evaluate` of the command
+line prints its JSON. docs/energy.md defines every number.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ class SnnEvaluation:
   """Result of `evaluate_snn`.
 
   Attributes:
-    metrics: JSON-ready summary: `qann_top1`, `snn_top1`, `agreement`, `energy_mj_per_image`,
-      `ann_energy_mj_per_image`, `num_examples`, `time_steps`, `spikes_per_neuron`, `firing_rate`,
-      `sops_per_image`, `snn_mode`, `seconds`.
+    metrics: JSON-ready summary: `qann_top1`, `snn_top1`, `agreement`, `num_examples`,
+      `energy_mj_per_image`, `ann_energy_mj_per_image`, `ann_over_snn_energy` (under `energy_model`,
+      by default the "fp32_45nm" preset), `energy_model`, `energy_presets` (`{preset:
+      {"snn_mj_per_image", "ann_mj_per_image", "ann_over_snn"}}` for every preset),
+      `sops_per_image`, `ann_macs_per_image`, `sop_per_mac`, `encoding_macs_per_image`,
+      `time_steps`, `latency_steps`, `steps_per_image`, `spikes_per_neuron`, `firing_rate`,
+      `snn_mode`, `snn_check`, `eval_data`, `seconds`.
     energy: the full per-layer `EnergyReport`.
     snn_variables: the converted variables.
   """
@@ -43,7 +49,8 @@ class SnnEvaluation:
 
 
 def qann_variables(state: Any, config: ml_collections.ConfigDict, use_ema: bool | None = None) -> dict:
-  """The QANN variables of a `train.TrainState` (EMA parameters when the run kept them)."""
+  """The QANN variables `{"params", "batch_stats"}` of a `train.TrainState` (EMA parameters when the
+  run kept them)."""
   if use_ema is None:
     use_ema = bool(config.get("optax", {}).get("ema_decay", 0.0)) and bool(state.ema_params)
   params = state.ema_params if use_ema else state.params
@@ -53,7 +60,8 @@ def qann_variables(state: Any, config: ml_collections.ConfigDict, use_ema: bool 
 def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *, data_module=None,
                  eval_data: str | None = None, split: str | None = None, batch_size: int | None = None,
                  max_examples: int | None = None, mode: str = "spike",
-                 energy_model: energy_lib.EnergyModel = energy_lib.EnergyModel()) -> SnnEvaluation:
+                 energy_model: energy_lib.EnergyModel = energy_lib.ENERGY_PRESETS[energy_lib.DEFAULT_PRESET]
+                 ) -> SnnEvaluation:
   """Evaluates the QANN and the converted SNN over one pass of an evaluation set.
 
   Args:
@@ -64,8 +72,10 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
     split: the split (default `config.evals.split` or `config.data.eval_split`).
     batch_size: images per batch (default `config.evals.batch_size`).
     max_examples: stop after this many real examples (None: the whole split).
-    mode: the SNN simulation, "spike" (faithful, multiplication-free check) or "fused".
-    energy_model: energy constants.
+    mode: the SNN simulation, "spike" (spike by spike, multiplication-free check) or "fused" (not
+      simulated spike by spike, not checked; `metrics["snn_check"]` says which).
+    energy_model: energy constants of the per-layer report and of the `energy_mj_per_image` keys;
+      `energy_presets` always holds every preset.
 
   Returns:
     an `SnnEvaluation`.
@@ -118,12 +128,16 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
   merged = snn.merge(sims)
   report = energy_lib.energy_report(merged, models.count(model_cfg)["macs"], model=energy_model)
   n = counts["n"]
+  lat = models.latency(model_cfg)
   metrics = {
       "qann_top1": counts["qann"] / n, "snn_top1": counts["snn"] / n, "agreement": counts["agree"] / n,
       "energy_mj_per_image": report.snn_mj, "ann_energy_mj_per_image": report.ann_mj,
-      "ann_over_snn_energy": report.ratio, "num_examples": n, "time_steps": report.time_steps,
+      "ann_over_snn_energy": report.ratio, "energy_model": energy_model.label,
+      "energy_presets": report.presets(), "num_examples": n, "time_steps": report.time_steps,
+      "latency_steps": lat["latency_steps"], "steps_per_image": lat["steps_per_image"],
       "spikes_per_neuron": report.spikes_per_neuron, "firing_rate": report.firing_rate,
-      "sops_per_image": report.sops, "encoding_macs_per_image": report.macs_first, "snn_mode": mode,
+      "sops_per_image": report.sops, "ann_macs_per_image": report.ann_macs, "sop_per_mac": report.sop_per_mac,
+      "encoding_macs_per_image": report.macs_first, "snn_mode": mode, "snn_check": report.snn_check,
       "eval_data": eval_data or split, "seconds": time.time() - start,
   }
   return SnnEvaluation(metrics=metrics, energy=report, snn_variables=snn_variables)

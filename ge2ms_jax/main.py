@@ -219,8 +219,8 @@ def _plan(config, workdir, args) -> int:
   plan = planning.plan_codes(config.model, conversion.convert(variables, config.model), images,
                              max_steps=args.max_steps)
   print(f"energy before {plan.before.snn_mj:.6f} mJ/image, after {plan.after.snn_mj:.6f} mJ/image "
-        f"(SOPs {plan.before.sops:.4g} -> {plan.after.sops:.4g}, spikes/neuron "
-        f"{plan.before.spikes_per_neuron:.4f} -> {plan.after.spikes_per_neuron:.4f})")
+        f"({plan.after.model.label}; SOPs {plan.before.sops:.4g} -> {plan.after.sops:.4g}, spikes/neuron "
+        f"{plan.before.spikes_per_neuron:.4f} -> {plan.after.spikes_per_neuron:.4f}; {plan.after.snn_check})")
   print(f"--config.model.neuron_overrides='{plan.overrides}'")
   return 0
 
@@ -267,7 +267,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
   parser.add_argument("--max_examples", type=int, default=None,
                       help="evaluate/energy: stop after this many examples; verify/plan: batch size")
   parser.add_argument("--snn_mode", default="spike", choices=("spike", "fused"),
-                      help="the SNN simulation: binary spike trains (default) or fused spike sums")
+                      help="the SNN simulation: spike = simulated spike by spike, multiplication-free "
+                           "checked (default); fused = weighted spike sums, faster, not simulated spike "
+                           "by spike, not checked")
   parser.add_argument("--max_steps", type=int, default=None,
                       help="plan: the most time steps a neuron site may use")
   parser.add_argument("--coordinator_address", default=None)

@@ -244,8 +244,10 @@ class AttnBlock(_Parts):
     names = iter(["p1", "p2"] * len(self.window_sizes))
 
     def matmul(subscripts, a, b):
-      record = (lambda stats: self.sow("stats", f"attn_{next(names)}", stats)) if self.mode in L.FOLDED_MODES else None
-      return sp.spike_einsum(subscripts, a, b, record)
+      # Products of spike operands are recorded (a no-op unless "stats" is mutable): the SNN's
+      # statistics, and the QANN's estimate of them in spike-aware training.
+      return sp.spike_einsum(subscripts, a, b, lambda stats: self.sow("stats", f"attn_{next(names)}", stats),
+                             spiking="/".join(self.path) if self.mode == "spike" else None)
 
     a = attention.gw_ssa(q, k, v, (hh, ww), self.window_sizes, self.heads_per_window, self.shifts,
                          matmul=matmul)
@@ -389,3 +391,88 @@ def count(config: ml_collections.ConfigDict, image_size: int | None = None) -> d
   return {"params": qann_params, "snn_params": params, "macs": macs,
           "first_layer_macs": sum(c.macs for c in table if c.first), "layers": list(table)}
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency
+# ---------------------------------------------------------------------------------------------
+def site_graph(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
+  """The neuron sites of a config and the sites whose spikes each one integrates, in network order.
+
+  Edges follow the blocks above (`"input"` is the image): a conv block's `mix_n_out` and
+  `ffn_n_out` also integrate the block input / `mix_n_out` through the shortcut; `attn_n_mix`
+  integrates both attention products (of q, k, v) and the depthwise branch on v; `attn_n_out` and
+  `mlp_n_out` integrate their shortcuts.
+
+  Returns:
+    `{site: (predecessor sites, ...)}` for every neuron site (names as in the parameter tree).
+  """
+  graph: dict[str, tuple[str, ...]] = {"stem_n": ("input",)}
+  x = "stem_n"
+  for i, (kind, depth) in enumerate(zip(config.kinds, config.depths)):
+    down = f"stage{i}/n_down"
+    graph[down] = (x,)
+    x = down
+    for j in range(depth):
+      p = f"stage{i}/block{j}/"
+      if kind == "conv":
+        graph[p + "mix_n_dw"] = (x,)
+        graph[p + "mix_n_out"] = (p + "mix_n_dw", x)
+        graph[p + "ffn_n_up"] = (p + "mix_n_out",)
+        graph[p + "ffn_n_dw"] = (p + "ffn_n_up",)
+        graph[p + "ffn_n_out"] = (p + "ffn_n_dw", p + "mix_n_out")
+        x = p + "ffn_n_out"
+      else:
+        for n in ("q", "k", "v"):
+          graph[p + f"attn_{n}"] = (x,)
+        graph[p + "attn_n_mix"] = (p + "attn_q", p + "attn_k", p + "attn_v")
+        graph[p + "attn_n_out"] = (p + "attn_n_mix", x)
+        graph[p + "mlp_n_up"] = (p + "attn_n_out",)
+        graph[p + "mlp_n_out"] = (p + "mlp_n_up", p + "attn_n_out")
+        x = p + "mlp_n_out"
+  return graph
+
+
+def latency(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Time steps from the first input step until the head's output is complete (docs/energy.md).
+
+  An ExpG-IF site emits its most significant digit first, and its rounding depends on its whole
+  input, so it can fire only after its input window is complete; it then fires for `T_site =
+  G (b - 1)` steps. The head is linear and the stem's input is the image, present at step 0. The
+  output is therefore complete after the sum of `T_site` over the longest path of neuron sites
+  (`site_graph`; where paths branch, e.g. q/k/v or branch vs. shortcut, the longest counts).
+  A layer-pipelined network accepts a new image every `max T_site` steps.
+
+  For an STBP config (IF/LIF neurons, which may fire at step t from input step t) the same path
+  gives `T + depth - 1` steps with one step of delay per layer after the first; zero-delay
+  propagation within a step (as simulated in training) would give `T`.
+
+  Args:
+    config: a model config.
+
+  Returns:
+    `{"latency_steps": int, "steps_per_image": int, "path": [site, ...]}` (the longest path, from
+    `stem_n` to the last site before the head).
+  """
+  graph = site_graph(config)
+  kind = config.get("neuron_kind", "expg")
+  codes = neuron_codes(config)
+  if kind == "expg":
+    steps = {site: codes.resolve(site).groups * (codes.resolve(site).base - 1) for site in graph}
+  else:  # one step of delay per layer: the spike train is shifted, not waited for
+    steps = {site: 1 for site in graph}
+  done: dict[str, int] = {"input": 0}
+  via: dict[str, str] = {}
+  for site, preds in graph.items():  # network order is a topological order
+    # Ties go to the first predecessor, so a tie never prefers a shortcut over its branch.
+    best = max(preds, key=lambda p: done[p])
+    done[site] = done[best] + steps[site]
+    via[site] = best
+  path = [next(reversed(graph))]
+  while via[path[-1]] != "input":
+    path.append(via[path[-1]])
+  path.reverse()
+  if kind == "expg":
+    return {"latency_steps": done[path[-1]], "steps_per_image": max(steps.values()), "path": path}
+  t = int(config.get("time_steps", 4))
+  return {"latency_steps": t + len(path) - 1, "steps_per_image": t, "path": path}

@@ -6,7 +6,9 @@
 it, evaluates the QANN and the spiking SNN on the evaluation split, checks them layer by layer on a
 batch, and writes into `<workdir>/report/`:
 
-* `report.json`: the evaluation metrics, energy per layer, the verification table, where things are;
+* `report.json`: the evaluation metrics (accuracy, SOPs/image, ANN MACs/image, SOPs/MAC, energy under
+  every preset of `energy.ENERGY_PRESETS`, latency, `snn_check`), the latency path, energy per layer,
+  the verification table, where things are;
 * `report.md`: the same for people;
 * `training.png` (loss, accuracy, evaluation top-1 over steps), `energy.png` (energy per layer and
   firing rate per neuron site), `raster.png` (spikes of a few neurons of several sites over the T
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ge2ms_jax import energy as energy_lib
 from ge2ms_jax import evaluation
 from ge2ms_jax import layers as L
 from ge2ms_jax import metrics as metrics_lib
@@ -143,31 +146,62 @@ def plot_raster(trains: Mapping[str, np.ndarray], config: ml_collections.ConfigD
   return chosen
 
 
+def _preset_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+  """(label, value) rows of the energy under every preset, the papers' convention first."""
+  rows = []
+  for name, e in m["energy_presets"].items():
+    what = energy_lib.PRESET_DESCRIPTIONS.get(name, name)
+    rows.append((f"energy per image, {name} ({what})",
+                 f"SNN {e['snn_mj_per_image']:.6f} mJ, ANN {e['ann_mj_per_image']:.6f} mJ, "
+                 f"ANN/SNN {e['ann_over_snn']:.2f}x"))
+  return rows
+
+
 def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) -> str:
   m = summary["metrics"]
+  lat = summary.get("latency", {})
   lines = [
       f"# Ge2mS-T report: {summary['experiment']}", "",
       f"Checkpoint: `{summary['checkpoint']}` (step {summary['step']})", "",
+      f"SNN simulation: **{m['snn_check']}**.", "",
       "| metric | value |", "|---|---|",
       f"| QANN top-1 | {100 * m['qann_top1']:.2f}% |",
-      f"| SNN top-1 ({m['snn_mode']} mode) | {100 * m['snn_top1']:.2f}% |",
+      f"| SNN top-1 ({m['snn_check']}) | {100 * m['snn_top1']:.2f}% |",
       f"| prediction agreement | {100 * m['agreement']:.2f}% |",
       f"| examples | {m['num_examples']} ({m['eval_data']}) |",
-      f"| time steps T | {m['time_steps']} |",
+      f"| time steps T (largest window of any site) | {m['time_steps']} |",
+      f"| latency_steps (first input step to complete output) | {m['latency_steps']} |",
+      f"| steps_per_image (a layer-pipelined network takes a new image every ... steps) | "
+      f"{m['steps_per_image']} |",
       f"| spikes per neuron | {m['spikes_per_neuron']:.4f} |",
       f"| firing rate | {m['firing_rate']:.4f} |",
-      f"| SNN energy per image | {m['energy_mj_per_image']:.6f} mJ |",
-      f"| ANN energy per image (same network, all MACs) | {m['ann_energy_mj_per_image']:.6f} mJ |",
-      f"| ANN / SNN energy | {m['ann_over_snn_energy']:.2f}x |", "",
+      f"| SNN synaptic operations (SOPs) per image | {m['sops_per_image']:.4g} |",
+      f"| SNN encoding-layer MACs per image | {m['encoding_macs_per_image']:.4g} |",
+      f"| ANN MACs per image (same network, all MACs) | {m['ann_macs_per_image']:.4g} |",
+      f"| SOPs / MAC (SNN SOPs per ANN MAC, hardware-independent) | {m['sop_per_mac']:.3f} |",
+      *(f"| {label} | {value} |" for label, value in _preset_rows(m)), "",
+      "Energy presets (Horowitz, ISSCC 2014, 45 nm; definitions in docs/energy.md): `fp32_45nm` is the "
+      "convention of the spiking-transformer papers; `int_45nm` prices both networks as integer "
+      "hardware, where an addition saves less against a multiply-accumulate.", "",
+  ]
+  if lat.get("path"):
+    lines += [f"Longest path ({len(lat['path'])} neuron sites, each waits for its whole input window): "
+              + " -> ".join(f"`{p}`" for p in lat["path"]), ""]
+  lines += [
       "![training](training.png)", "", "![energy](energy.png)", "", "![raster](raster.png)", "",
       "## Energy per layer", "", "```", energy_table, "```", "",
-      "## QANN vs SNN, layer by layer (one batch)", "", "```", verify_table, "```", ""]
+      f"## QANN vs SNN, layer by layer (one batch; {m['snn_check']})", "", "```", verify_table, "```", ""]
   return "\n".join(lines)
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
                  max_examples: int | None = None, mode: str = "spike") -> dict[str, Any]:
-  """Evaluates a loaded run (`train.load_run`) and writes `<workdir>/report/`; returns the summary."""
+  """Evaluates a loaded run (`train.load_run`) and writes `<workdir>/report/`; returns the summary.
+
+  The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `latency`
+  (`model.latency`), `energy` (`EnergyReport.to_json`), `verify`, `raster_sites` and `files`. Every
+  output carries `metrics["snn_check"]`: only `mode="spike"` is checked multiplication-free.
+  """
   out_dir = os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
   variables = evaluation.qann_variables(run.state, config)
@@ -191,7 +225,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
       "checkpoint": os.path.join(workdir, "checkpoints", str(run.step)), "step": run.step,
-      "metrics": result.metrics, "energy": result.energy.to_json(),
+      "metrics": result.metrics, "latency": models.latency(config.model), "energy": result.energy.to_json(),
       "verify": rows, "raster_sites": raster_sites,
       "files": {k: os.path.join(out_dir, f) for k, f in (("json", "report.json"), ("markdown", "report.md"),
                                                           ("training", "training.png"),
@@ -207,14 +241,23 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
 def format_summary(summary: Mapping[str, Any]) -> str:
   """The lines the main job prints at its end."""
   m = summary["metrics"]
-  return "\n".join([
+  lines = [
       f"QANN top-1            {100 * m['qann_top1']:.2f}%   ({m['num_examples']} examples of {m['eval_data']})",
-      f"SNN top-1             {100 * m['snn_top1']:.2f}%   ({m['snn_mode']} mode, multiplication-free checked)",
+      f"SNN top-1             {100 * m['snn_top1']:.2f}%   ({m['snn_check']})",
       f"prediction agreement  {100 * m['agreement']:.2f}%",
-      f"time steps            {m['time_steps']}",
+      f"time steps            T = {m['time_steps']}   (the largest window of one neuron site)",
+      f"latency               latency_steps {m['latency_steps']} (first input step to complete output)   "
+      f"steps_per_image {m['steps_per_image']} (layer-pipelined: a new image every {m['steps_per_image']} steps)",
       f"spikes per neuron     {m['spikes_per_neuron']:.4f}   (firing rate {m['firing_rate']:.4f})",
-      f"energy per image      SNN {m['energy_mj_per_image']:.6f} mJ   ANN {m['ann_energy_mj_per_image']:.6f} mJ"
-      f"   ({m['ann_over_snn_energy']:.1f}x)",
+      f"operations per image  SNN {m['sops_per_image']:.4g} SOPs (+ {m['encoding_macs_per_image']:.4g} encoding "
+      f"MACs)   ANN {m['ann_macs_per_image']:.4g} MACs   SOPs/MAC {m['sop_per_mac']:.3f}",
+  ]
+  for name, e in m["energy_presets"].items():
+    lines.append(f"energy per image      {name:<9}  SNN {e['snn_mj_per_image']:.6f} mJ   ANN "
+                 f"{e['ann_mj_per_image']:.6f} mJ   ({e['ann_over_snn']:.1f}x; "
+                 f"{energy_lib.PRESET_DESCRIPTIONS.get(name, name)})")
+  lines += [
       f"checkpoint            {summary['checkpoint']}",
       f"report                {summary['files']['markdown']}  (+ report.json, training.png, energy.png, raster.png)",
-  ])
+  ]
+  return "\n".join(lines)

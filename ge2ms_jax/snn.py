@@ -11,7 +11,8 @@
   exact synaptic-operation counts derived from the spike counts.
 
 Both return the logits and per-layer statistics (`LayerStats`): synaptic operations, MACs of the
-encoding layer, spikes, neurons, time steps and firing rates.
+encoding layer, spikes, neurons, time steps and firing rates. Only spike mode shows that the network
+is multiplication-free; `check_label(mode)` is the label every output carries to say which it was.
 """
 
 from __future__ import annotations
@@ -34,10 +35,24 @@ from ge2ms_jax import spikes as sp
 
 Array = jax.Array
 SIM_MODES = ("spike", "fused")
+# What a result may claim about how it was obtained: the fused path never materialises spike trains,
+# so it neither simulates spike by spike nor checks that products are multiplication-free.
+CHECK_LABELS = {
+    "spike": "spike: simulated spike by spike, multiplication-free checked",
+    "fused": "fused: not simulated spike by spike, not checked",
+}
 
 
-class MultiplicationFreeError(RuntimeError):
-  """A synaptic product in the spiking simulation had no binary operand."""
+def check_label(mode: str | None) -> str:
+  """The label of a simulation mode (`CHECK_LABELS`); an unrecorded mode claims no check."""
+  if mode is None:
+    return "unknown: simulation mode not recorded, not known to be checked"
+  if mode not in CHECK_LABELS:
+    raise ValueError(f"check_label: mode must be one of {SIM_MODES} or None, got {mode!r}.")
+  return CHECK_LABELS[mode]
+
+
+MultiplicationFreeError = sp.MultiplicationFreeError
 
 
 @dataclasses.dataclass
@@ -80,13 +95,18 @@ class LayerStats:
 
 @dataclasses.dataclass
 class SimResult:
-  """Logits `[B, classes]` and the per-layer statistics of a simulation."""
+  """Logits `[B, classes]` and the per-layer statistics of a simulation.
+
+  `mode` is the simulation mode ("spike" | "fused"; None when unknown); `check_label(mode)` says
+  whether the run was checked multiplication-free.
+  """
   logits: Array
   layers: list[LayerStats]
   num_images: int
+  mode: str | None = None
 
   def to_json(self) -> dict:
-    return {"num_images": self.num_images,
+    return {"num_images": self.num_images, "mode": self.mode, "snn_check": check_label(self.mode),
             "layers": [dataclasses.asdict(s) | {"firing_rate": s.firing_rate} for s in self.layers]}
 
 
@@ -189,11 +209,15 @@ def simulate(snn_variables: Mapping[str, Any], images: Array, mode: str = "spike
     raise ValueError("simulate: spike mode always collects statistics, since they carry the "
                      "multiplication-free check; use mode='fused' for outputs alone.")
   logits, collected = _apply_fn(_config_key(config), mode, stats)(snn_variables, images)
-  return SimResult(logits=logits, layers=collect_stats(collected), num_images=int(images.shape[0]))
+  return SimResult(logits=logits, layers=collect_stats(collected), num_images=int(images.shape[0]),
+                   mode=mode)
 
 
 def merge(results: list[SimResult]) -> SimResult:
-  """Sums the statistics of several batches (logits concatenated)."""
+  """Sums the statistics of several batches (logits `[sum B, classes]` concatenated).
+
+  The merged mode is the batches' common mode, None if they differ (a mix is not all checked).
+  """
   first = results[0]
   rows = [dataclasses.replace(r) for r in first.layers]
   for res in results[1:]:
@@ -206,8 +230,10 @@ def merge(results: list[SimResult]) -> SimResult:
       row.neurons += other.neurons
       if row.per_step is not None and other.per_step is not None:
         row.per_step = (np.asarray(row.per_step) + np.asarray(other.per_step)).tolist()
+  modes = {r.mode for r in results}
   return SimResult(logits=jnp.concatenate([r.logits for r in results]), layers=rows,
-                   num_images=sum(r.num_images for r in results))
+                   num_images=sum(r.num_images for r in results),
+                   mode=modes.pop() if len(modes) == 1 else None)
 
 
 # ---------------------------------------------------------------------------------------------

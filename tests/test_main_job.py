@@ -10,6 +10,8 @@ import pytest
 from ge2ms_jax import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SPIKE_CHECK = "spike: simulated spike by spike, multiplication-free checked"
+FUSED_CHECK = "fused: not simulated spike by spike, not checked"
 RUNLOCAL = ["--config", "experiments/fashion_mnist.py:runlocal", "--config.total_steps=3",
             "--config.log_every_steps=1", "--config.evals.every_steps=3", "--config.evals.batch_size=512"]
 
@@ -41,14 +43,24 @@ def main_job(tmp_path_factory):
 def test_main_job_trains_converts_simulates_and_reports(main_job):
   workdir, stdout = main_job
   for line in ("QANN top-1", "SNN top-1", "prediction agreement", "time steps", "spikes per neuron",
-               "energy per image", "checkpoint", "report", "export"):
-    assert line in stdout
+               "energy per image", "checkpoint", "report", "export", "SOPs/MAC", "latency_steps 52",
+               "steps_per_image 4", "fp32_45nm", "int_45nm", SPIKE_CHECK):
+    assert line in stdout, line
+  assert "multiplication-free checked" not in stdout.replace(SPIKE_CHECK, "")
   report = json.loads((workdir / "report" / "report.json").read_text())
   m = report["metrics"]
   for key in ("qann_top1", "snn_top1", "agreement", "energy_mj_per_image", "ann_energy_mj_per_image",
-              "num_examples", "time_steps", "spikes_per_neuron", "firing_rate"):
+              "num_examples", "time_steps", "spikes_per_neuron", "firing_rate", "sops_per_image",
+              "ann_macs_per_image", "sop_per_mac", "latency_steps", "steps_per_image", "energy_presets"):
     assert key in m, key
   assert m["num_examples"] == 96 and m["time_steps"] == 4 and m["snn_mode"] == "spike"
+  assert m["snn_check"] == SPIKE_CHECK and report["energy"]["snn_check"] == SPIKE_CHECK
+  # The runlocal model: 13 neuron sites of T = 4 on the longest path (tests/test_latency.py).
+  assert (m["latency_steps"], m["steps_per_image"]) == (52, 4) and len(report["latency"]["path"]) == 13
+  assert m["sop_per_mac"] == m["sops_per_image"] / m["ann_macs_per_image"]
+  assert set(m["energy_presets"]) == {"fp32_45nm", "int_45nm"}
+  assert m["energy_presets"]["fp32_45nm"]["snn_mj_per_image"] == m["energy_mj_per_image"]
+  assert report["energy"]["energy_presets"] == m["energy_presets"]
   # Float32 conversion: the SNN's predictions are the QANN's (up to rare level-boundary flips).
   assert m["agreement"] >= 0.95 and abs(m["snn_top1"] - m["qann_top1"]) <= 0.05
   assert 0 < m["energy_mj_per_image"] < m["ann_energy_mj_per_image"]
@@ -58,7 +70,10 @@ def test_main_job_trains_converts_simulates_and_reports(main_job):
   assert max(r["mismatch_fraction"] for r in report["verify"][:-1]) < 0.01
   for name in ("training.png", "energy.png", "raster.png", "report.md"):
     assert (workdir / "report" / name).stat().st_size > 500, name
-  assert "SNN top-1" in (workdir / "report" / "report.md").read_text()
+  markdown = (workdir / "report" / "report.md").read_text()
+  for text in ("SNN top-1", "SOPs / MAC", "ANN MACs per image", "latency_steps", "steps_per_image",
+               "fp32_45nm", "int_45nm", SPIKE_CHECK, "simulation: " + SPIKE_CHECK):
+    assert text in markdown, text
 
 
 def test_evaluate_any_checkpoint_on_an_idx_directory(main_job, tmp_path, capsys):
@@ -85,9 +100,12 @@ def test_convert_energy_verify_and_plan_modes(main_job, capsys):
   assert main.main(args + ["--mode", "convert"]) == 0
   assert (workdir / "snn" / "snn_params.msgpack").stat().st_size > 0
   assert json.loads((workdir / "snn" / "model_config.json").read_text())["variant"] == "tiny"
+  # The fused path counts the same operations without simulating spike by spike; it says so.
   assert main.main(args + ["--mode", "energy", "--max_examples", "32", "--snn_mode", "fused"]) == 0
   out = capsys.readouterr().out
   assert "ANN/SNN" in out and json.loads(out.strip().splitlines()[-1])["num_examples"] == 32
+  assert "simulation: " + FUSED_CHECK in out and SPIKE_CHECK not in out
+  assert json.loads(out.strip().splitlines()[-1])["snn_check"] == FUSED_CHECK
   assert (workdir / "energy" / "energy_3.json").exists()
   assert main.main(args + ["--mode", "verify", "--max_examples", "4"]) == 0
   out = capsys.readouterr().out
@@ -121,6 +139,8 @@ def test_an_export_evaluates_like_its_checkpoint_and_rejects_damage(main_job, tm
     assert main.main(config + ["--mode", "evaluate", "--checkpoint", source, "--max_examples", "64",
                                "--snn_mode", "fused"]) == 0
     results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[-1]["snn_check"] == FUSED_CHECK
+  # The same arrays give the same numbers (a check of the export, not of the conversion).
   for key in ("qann_top1", "snn_top1", "agreement", "num_examples", "checkpoint_step"):
     assert results[0][key] == results[1][key], key
 

@@ -20,10 +20,15 @@ CIFAR10_MIN_TOP1 = 0.77
 
 
 def _evaluate(capsys, config, checkpoint, *extra):
+  # Spike mode: agreement is a claim about the spiking network, so it must come from the simulation
+  # that runs spike by spike and checks every product (the fused path does neither).
   code = main.main(["--config", config, "--mode", "evaluate", "--checkpoint", str(checkpoint),
-                    "--snn_mode", "fused", *extra])
+                    "--snn_mode", "spike", *extra])
   assert code == 0
-  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["snn_mode"] == "spike"
+  assert result["snn_check"] == "spike: simulated spike by spike, multiplication-free checked"
+  return result
 
 
 def test_shipped_fashion_mnist_model_evaluates(capsys):
@@ -33,6 +38,15 @@ def test_shipped_fashion_mnist_model_evaluates(capsys):
   # from the same test set) leave room for sampling noise, not for a broken model.
   assert result["qann_top1"] >= 0.85
   assert result["agreement"] >= 0.99
+  # The accounting docs/energy.md quotes: 18 sites of T = 4 on the longest path; about 1.14 SOPs
+  # per ANN MAC on the full test set.
+  assert (result["latency_steps"], result["steps_per_image"]) == (72, 4)
+  assert result["ann_macs_per_image"] == 61391872
+  assert result["sop_per_mac"] == result["sops_per_image"] / result["ann_macs_per_image"]
+  assert 1.0 < result["sop_per_mac"] < 1.3
+  presets = result["energy_presets"]
+  assert presets["fp32_45nm"]["snn_mj_per_image"] == result["energy_mj_per_image"]
+  assert presets["int_45nm"]["ann_over_snn"] < presets["fp32_45nm"]["ann_over_snn"]
 
 
 def test_shipped_cifar10_model_converts_losslessly_on_any_images(capsys, tmp_path):
