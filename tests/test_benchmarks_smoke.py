@@ -78,3 +78,27 @@ def test_snn_benchmark_quick(tmp_path):
   row = json.loads(out.read_text())["rows"][0]
   assert row["variant"] == "tiny" and row["T"] == 4 and row["prediction_agreement"] >= 0.75
   assert set(row["ms_per_image"]) == {"qann", "fused", "fused_stats", "spike"}
+
+
+def test_sparsity_benchmark_quick(tmp_path):
+  # The quick sweep: two 3-step fine-tunings of the shipped model on the embedded subset.
+  from ge2ms_jax import sweep  # pylint: disable=import-outside-toplevel
+  spec, config = "experiments/sweeps/fashion_mnist_sparsity.py:quick", "experiments/fashion_mnist.py"
+  assert sweep.main(["--sweep", spec, "--config", config, "--workdir", str(tmp_path / "sw")]) == 0
+  out = tmp_path / "sparsity.json"
+  assert _load("sparsity").main(["--dataset", "fashion_mnist", "--sweep", spec, "--config", config,
+                                 "--sweep_workdir", str(tmp_path / "sw"), "--max_examples", "32",
+                                 "--ship", str(tmp_path / "ship"), "--out", str(out)]) == 0
+  saved = json.loads(out.read_text())["fashion_mnist"]
+  labels = [r["label"] for r in saved["rows"]]
+  assert labels == ["shipped", "w=0", "w=2"]
+  for r in saved["rows"]:
+    assert r["tune"]["num_examples"] == 32 and r["test"]["num_examples"] == 32
+    assert r["test"]["snn_mode"] == "spike" and 0 < r["test"]["sop_per_mac"] < 3
+    assert r["test"]["sop_per_mac"] == r["test"]["sops_per_image"] / saved["ann_macs_per_image"]
+  assert [r["steps"] for r in saved["rows"]] == [0, 3, 3]
+  # The choice is w=2 when its tune accuracy stays within the tolerance, else none: never w=0.
+  assert saved["selected"] in (None, saved["rows"][2]["run"])
+  if saved["selected"]:
+    assert (tmp_path / "ship" / "export.json").exists() and (tmp_path / "ship" / "report" / "report.md").exists()
+  assert (tmp_path / "pareto.png").stat().st_size > 0

@@ -24,5 +24,5 @@ def get_sweep(arg=None):
   arg = config_utils.parse_arg(arg, quick=False)
   common = sparsity.finetune_overrides("checkpoints/fashion_mnist_tiny", epochs=1.0, lr=2e-3)
   if arg.quick:
-    common.update({"total_steps": 3, "schedule.warmup_steps": 1, "evals.batch_size": 500})
+    common.update({"total_steps": 3, "schedule.warmup_steps": 1, "evals.batch_size": 512})
   return [dict(common, **{"sparsity.weight": w}) for w in (WEIGHTS[:2] if arg.quick else WEIGHTS)]

@@ -281,7 +281,8 @@ def open_dataset(data_config) -> OpenDataset:
     if s["source"] is not None:
       raise ValueError("config.data.source is not used by 'fashion_mnist' (the embedded subset); "
                        "use name='fashion_mnist_full' to read IDX files from a directory.")
-    config_name, make = builders.idx_config(None)
+    config_name, make = builders.idx_config(None, float(s["validation_fraction"]),
+                                            float(s.get("tune_fraction", 0.0)), int(s["split_seed"]))
     return _from_builder(name, builders.prepare(data_dir, builders.Ge2msIdx, config_name, make))
   if name == "fashion_mnist_full":
     source = s["source"] or os.fspath(builders.DEBIAN_FASHION_MNIST)

@@ -1,0 +1,186 @@
+"""Accuracy against synaptic operations: the rows of a spike-aware fine-tuning sweep, chosen on the tune
+split and measured once on the test images.
+
+    python -m ge2ms_jax.sweep --sweep experiments/sweeps/fashion_mnist_sparsity.py --workdir runs/sparsity_fm
+    python benchmarks/sparsity.py --dataset fashion_mnist --sweep_workdir runs/sparsity_fm \
+        --ship checkpoints/fashion_mnist_tiny_sparse
+
+For every run of the sweep (and the shipped model it starts from) this measures, on the "tune" split
+carved from the training set, QANN top-1 and SOPs/MAC (fused simulation: exact operation counts), and
+picks the sparsest run whose tune top-1 is within `--tolerance` of the weight-0 run's (the same
+fine-tuning without the loss term). Then every row is evaluated once on the test images (Fashion-MNIST
+"test", CIFAR-10 the 5,000 "validation" images the shipped model is reported on) with the spiking
+simulation (`--test_mode spike`): QANN top-1, SNN top-1, agreement, SOPs/MAC, spikes per neuron,
+energy under both presets, and what the row cost (fine-tuning steps and minutes). With `--ship DIR`
+the chosen run is written as an export with its report (training curves, energy, raster) to DIR.
+
+Results: `benchmarks/results/sparsity.json` (one entry per dataset; other datasets' entries are kept)
+and `benchmarks/results/pareto.png` (test top-1 against SOPs/MAC, one panel per dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=wrong-import-position
+
+from ge2ms_jax import config_utils  # noqa: E402
+from ge2ms_jax import evaluation  # noqa: E402
+from ge2ms_jax import export  # noqa: E402
+from ge2ms_jax import model as models  # noqa: E402
+from ge2ms_jax import report  # noqa: E402
+from ge2ms_jax import sweep  # noqa: E402
+from ge2ms_jax import train  # noqa: E402
+
+DATASETS = {
+    "fashion_mnist": dict(sweep="experiments/sweeps/fashion_mnist_sparsity.py", test_split="test",
+                          shipped="checkpoints/fashion_mnist_tiny"),
+    "cifar10": dict(sweep="experiments/sweeps/cifar10_sparsity.py", test_split="validation",
+                    shipped="checkpoints/cifar10_tiny"),
+}
+ROW_FIELDS = ("qann_top1", "snn_top1", "agreement", "sop_per_mac", "sops_per_image", "ann_macs_per_image",
+              "spikes_per_neuron", "firing_rate", "energy_mj_per_image", "ann_energy_mj_per_image",
+              "energy_presets", "latency_steps", "steps_per_image", "num_examples", "snn_mode", "snn_check")
+
+
+def _variables(config, run_dir: str | None, shipped: str):
+  if run_dir is None:
+    return export.load(shipped, config.model).variables
+  run = train.load_run(config, run_dir)
+  return jax.device_get(evaluation.qann_variables(run.state, config))
+
+
+def _measure(config, variables, split: str, mode: str, max_examples: int | None) -> dict:
+  start = time.time()
+  result = evaluation.evaluate_snn(config, variables, split=split, mode=mode, max_examples=max_examples)
+  out = {k: result.metrics[k] for k in ROW_FIELDS}
+  out["seconds"] = time.time() - start
+  return out
+
+
+def plot_pareto(results: dict, path: Path) -> None:
+  """Test top-1 (QANN and SNN) against SOPs/MAC, one panel per dataset; the chosen run ringed."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  names = [d for d in DATASETS if d in results]
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    rows = results[name]["rows"]
+    x = [r["test"]["sop_per_mac"] for r in rows]
+    ax.plot(x, [100 * r["test"]["snn_top1"] for r in rows], "o", color="tab:purple", label="SNN (spike mode)")
+    ax.plot(x, [100 * r["test"]["qann_top1"] for r in rows], "x", color="tab:gray", label="QANN")
+    for r, xi in zip(rows, x):
+      ax.annotate(r["label"], (xi, 100 * r["test"]["snn_top1"]), fontsize=7, xytext=(4, -10),
+                  textcoords="offset points")
+      if r["run"] == results[name].get("selected"):
+        ax.plot([xi], [100 * r["test"]["snn_top1"]], "o", ms=14, mfc="none", color="tab:red", label="chosen on tune")
+    ax.axvline(0.30, color="tab:green", ls="--", lw=0.8, label="0.30 x ANN MACs")
+    ax.axvline(1.0, color="k", ls=":", lw=0.8, label="as many SOPs as ANN MACs")
+    ax.set_xlabel("SNN synaptic operations / ANN MACs (per image)")
+    ax.set_ylabel(f"top-1 on {results[name]['test_split']} (%)")
+    ax.set_title(f"{name}: {rows[0]['test']['num_examples']} test images", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+  parser.add_argument("--sweep_workdir", required=True)
+  parser.add_argument("--sweep", default=None, help="the sweep file (default: the dataset's)")
+  parser.add_argument("--config", default=None, help="the experiment (default: the sweep file's CONFIG)")
+  parser.add_argument("--tolerance", type=float, default=0.005,
+                      help="largest tune top-1 loss against the weight-0 run that the choice accepts")
+  parser.add_argument("--test_mode", default="spike", choices=("spike", "fused"))
+  parser.add_argument("--max_examples", type=int, default=None, help="cap on tune and test images (smoke runs)")
+  parser.add_argument("--ship", default=None, help="write the chosen run's export and report here")
+  parser.add_argument("--out", default=None)
+  args, rest = parser.parse_known_args(argv)
+  common_overrides = config_utils.parse_override_flags(rest)
+  spec = DATASETS[args.dataset]
+  runs, config_spec = sweep.load_sweep(args.sweep or spec["sweep"])
+  config_spec = args.config or config_spec
+  configs = sweep.build_configs(config_spec, runs, common_overrides)
+
+  rows = []
+  base_config = configs[0]
+  entries = [("shipped", None, base_config, {})] + [
+      (sweep.run_name(i, run), os.path.join(args.sweep_workdir, sweep.run_name(i, run)), config, run)
+      for i, (run, config) in enumerate(zip(runs, configs))]
+  for name, run_dir, config, overrides in entries:
+    result = {} if run_dir is None else (sweep.read_result(run_dir) or {})
+    if run_dir is not None and result.get("status") != "done":
+      print(f"skipping {name}: not finished ({result.get('status', 'missing')})")
+      continue
+    variables = _variables(config, run_dir, spec["shipped"])
+    weight = overrides.get("sparsity.weight")
+    row = {"run": name, "label": "shipped" if run_dir is None else f"w={weight:g}", "weight": weight,
+           "steps": result.get("step", 0), "minutes": result.get("seconds", 0.0) / 60,
+           "tune": _measure(config, variables, "tune", "fused", args.max_examples)}
+    print(f"{name}: tune top-1 {row['tune']['qann_top1']:.4f}, SOPs/MAC {row['tune']['sop_per_mac']:.3f}")
+    rows.append((row, config, variables, run_dir, overrides))
+
+  fine_tuned = [r for r, *_ in rows if r["weight"] is not None]
+  if not fine_tuned:
+    raise SystemExit(f"error: no finished run in {args.sweep_workdir}; run the sweep first.")
+  control = next((r for r in fine_tuned if r["weight"] == 0), None)
+  if control is None:
+    raise SystemExit("error: the sweep has no finished weight-0 run to compare against.")
+  floor = control["tune"]["qann_top1"] - args.tolerance
+  eligible = [r for r in fine_tuned if r["weight"] > 0 and r["tune"]["qann_top1"] >= floor]
+  chosen = min(eligible, key=lambda r: r["tune"]["sop_per_mac"]) if eligible else None
+  print(f"chosen on tune (top-1 >= {floor:.4f}, fewest SOPs/MAC): {chosen['run'] if chosen else 'none'}")
+
+  for row, config, variables, run_dir, overrides in rows:
+    if args.ship and chosen is row:
+      # The chosen run's test evaluation is its report's: measured once, written with the export.
+      test_config = config_utils.load_config(config_spec, {**common_overrides, **overrides,
+                                                           "data.eval_split": spec["test_split"]})
+      run = train.load_run(test_config, run_dir)
+      start = time.time()
+      summary = report.write_report(test_config, run_dir, run, max_examples=args.max_examples, mode=args.test_mode)
+      row["test"] = {k: summary["metrics"][k] for k in ROW_FIELDS} | {"seconds": time.time() - start}
+      ship = Path(args.ship)
+      if ship.exists():
+        shutil.rmtree(ship)
+      export.save(ship, variables, step=run.step, model_config=config.model,
+                  notes=dict(config=config_spec, chosen_on="tune split", test_split=spec["test_split"],
+                             overrides={k: str(v) for k, v in {**common_overrides, **overrides}.items()}))
+      shutil.copytree(os.path.join(run_dir, "report"), ship / "report")
+      row["shipped_to"] = str(ship)
+    else:
+      row["test"] = _measure(config, variables, spec["test_split"], args.test_mode, args.max_examples)
+    print(f"{row['run']}: test QANN {row['test']['qann_top1']:.4f} SNN {row['test']['snn_top1']:.4f} "
+          f"agreement {row['test']['agreement']:.4f} SOPs/MAC {row['test']['sop_per_mac']:.3f}")
+
+  out = Path(args.out) if args.out else common.RESULTS / "sparsity.json"
+  results = json.loads(out.read_text()) if out.exists() else {}
+  results[args.dataset] = {
+      "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: str(v) for k, v in common_overrides.items()},
+      "test_split": spec["test_split"], "tune_tolerance": args.tolerance,
+      "selection": "fewest tune SOPs/MAC among weight > 0 runs with tune QANN top-1 >= weight-0 run's - tolerance",
+      "selected": chosen["run"] if chosen else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
+      "rows": [r for r, *_ in rows], "machine": common.machine()}
+  path = common.save(results, out, "sparsity.json")
+  # The plot sits beside the JSON (benchmarks/results/pareto.png by default).
+  plot_pareto(results, path.with_name("pareto.png"))
+  print(f"wrote {path} and {path.with_name('pareto.png')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
