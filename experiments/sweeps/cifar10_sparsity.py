@@ -15,7 +15,7 @@ from ge2ms_jax import config_utils
 from ge2ms_jax import sparsity
 
 CONFIG = "experiments/cifar10.py:variant=tiny,cpu"
-WEIGHTS = (0.0, 2.0, 5.0, 15.0)
+WEIGHTS = (0.0, 5.0, 15.0)
 
 
 def get_sweep(arg=None):
