@@ -127,8 +127,10 @@ def main(argv=None) -> int:
       print(f"skipping {name}: not finished ({result.get('status', 'missing')})")
       continue
     variables = _variables(config, run_dir, spec["shipped"])
-    weight = overrides.get("sparsity.weight")
-    row = {"run": name, "label": "shipped" if run_dir is None else f"w={weight:g}", "weight": weight,
+    weight, target = overrides.get("sparsity.weight"), overrides.get("sparsity.target", 0.0)
+    label = "shipped" if run_dir is None else f"w={weight:g}" + (f", target {target:g}" if target else "")
+    row = {"run": name, "label": label, "weight": weight, "target": target,
+           "epochs": overrides.get("total_epochs", 0.0),
            "steps": result.get("step", 0), "minutes": result.get("seconds", 0.0) / 60,
            "tune": _measure(config, variables, "tune", "fused", args.max_examples)}
     print(f"{name}: tune top-1 {row['tune']['qann_top1']:.4f}, SOPs/MAC {row['tune']['sop_per_mac']:.3f}")

@@ -89,3 +89,10 @@ def finetune_overrides(init_from: str, epochs: float, lr: float, warmup_steps: i
   return {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": float(lr),
           "schedule.warmup_steps": int(warmup_steps), "data.tune_fraction": 0.1,
           "data.eval_split": "tune", "sparsity.track": True}
+
+
+def target_run(common: dict[str, Any], weight: float, target: float, epochs: float) -> dict[str, Any]:
+  """A sweep run that pulls with `weight` until SOPs/MAC reaches `target` and then trains for
+  accuracy alone, for `epochs` (the rest of `common`, from `finetune_overrides`, unchanged)."""
+  return dict(common, **{"sparsity.weight": float(weight), "sparsity.target": float(target),
+                         "total_epochs": float(epochs)})
