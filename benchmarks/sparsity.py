@@ -80,7 +80,10 @@ def plot_pareto(results: dict, path: Path) -> None:
   for ax, name in zip(axes[0], names):
     rows = results[name]["rows"]
     x = [r["test"]["sop_per_mac"] for r in rows]
-    ax.plot(x, [100 * r["test"]["snn_top1"] for r in rows], "o", color="tab:purple", label="SNN (spike mode)")
+    for mode, style in (("spike", dict(color="tab:purple")), ("fused", dict(color="tab:purple", mfc="none"))):
+      pts = [(xi, 100 * r["test"]["snn_top1"]) for r, xi in zip(rows, x) if r["test"]["snn_mode"] == mode]
+      if pts:
+        ax.plot(*zip(*pts), "o", **style, label=f"SNN ({mode} mode)")
     ax.plot(x, [100 * r["test"]["qann_top1"] for r in rows], "x", color="tab:gray", label="QANN")
     for r, xi in zip(rows, x):
       ax.annotate(r["label"], (xi, 100 * r["test"]["snn_top1"]), fontsize=7, xytext=(4, -10),
