@@ -125,6 +125,20 @@ def main(argv=None) -> int:
   config_spec = args.config or config_spec
   configs = sweep.build_configs(config_spec, runs, common_overrides)
 
+  out = Path(args.out) if args.out else common.RESULTS / "sparsity.json"
+  results = json.loads(out.read_text()) if out.exists() else {}
+  # Measurements of an earlier invocation are reused for the same run, step and image count (a sweep
+  # that gained a run measures only that one); the selection is always made afresh.
+  before = results.get(args.dataset, {})
+  earlier = {r["run"]: r for r in before.get("rows", []) if before.get("max_examples", 0) == args.max_examples}
+
+  def measure(row, config, variables, split, mode):
+    old = earlier.get(row["run"])
+    key = "tune" if split == "tune" else "test"
+    if old and old["steps"] == row["steps"] and key in old and old[key]["snn_mode"] == mode:
+      return old[key]
+    return _measure(config, variables, split, mode, args.max_examples)
+
   rows = []
   base_config = configs[0]
   entries = [("shipped", None, base_config, {})] + [
@@ -140,8 +154,8 @@ def main(argv=None) -> int:
     label = "shipped" if run_dir is None else f"w={weight:g}" + (f", target {target:g}" if target else "")
     row = {"run": name, "label": label, "weight": weight, "target": target,
            "epochs": overrides.get("total_epochs", 0.0),
-           "steps": result.get("step", 0), "minutes": result.get("seconds", 0.0) / 60,
-           "tune": _measure(config, variables, "tune", "fused", args.max_examples)}
+           "steps": result.get("step", 0), "minutes": result.get("seconds", 0.0) / 60}
+    row["tune"] = measure(row, config, variables, "tune", "fused")
     print(f"{name}: tune top-1 {row['tune']['qann_top1']:.4f}, SOPs/MAC {row['tune']['sop_per_mac']:.3f}")
     rows.append((row, config, variables, run_dir, overrides))
 
@@ -175,15 +189,13 @@ def main(argv=None) -> int:
       row["shipped_to"] = str(ship)
     else:
       mode = args.test_mode if row is chosen or run_dir is None else args.other_rows_mode
-      row["test"] = _measure(config, variables, spec["test_split"], mode, args.max_examples)
+      row["test"] = measure(row, config, variables, spec["test_split"], mode)
     print(f"{row['run']}: test QANN {row['test']['qann_top1']:.4f} SNN {row['test']['snn_top1']:.4f} "
           f"agreement {row['test']['agreement']:.4f} SOPs/MAC {row['test']['sop_per_mac']:.3f}")
 
-  out = Path(args.out) if args.out else common.RESULTS / "sparsity.json"
-  results = json.loads(out.read_text()) if out.exists() else {}
   results[args.dataset] = {
       "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: str(v) for k, v in common_overrides.items()},
-      "test_split": spec["test_split"], "tune_tolerance": args.tolerance,
+      "test_split": spec["test_split"], "tune_tolerance": args.tolerance, "max_examples": args.max_examples,
       "selection": "fewest tune SOPs/MAC among weight > 0 runs with tune QANN top-1 >= weight-0 run's - tolerance",
       "selected": chosen["run"] if chosen else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
       "rows": [r for r, *_ in rows], "machine": common.machine()}
