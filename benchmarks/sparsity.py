@@ -69,6 +69,22 @@ def _measure(config, variables, split: str, mode: str, max_examples: int | None)
   return out
 
 
+def markdown_table(entry: dict) -> str:
+  """The rows of one dataset's entry as a Markdown table (the README's)."""
+  lines = ["| run | cost | tune top-1 | tune SOPs/MAC | test QANN top-1 | test SNN top-1 | agreement | "
+           "**SOPs/MAC** | spikes / neuron | ANN/SNN energy `fp32_45nm` | `int_45nm` | simulation |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in entry["rows"]:
+    t, e = r["test"], r["test"]["energy_presets"]
+    cost = f"{r['steps']} steps, {r['minutes']:.0f} min" if r["steps"] else "shipped"
+    name = f"**{r['label']}** (chosen)" if r["run"] == entry.get("selected") else r["label"]
+    lines.append(f"| {name} | {cost} | {100 * r['tune']['qann_top1']:.2f}% | {r['tune']['sop_per_mac']:.3f} | "
+                 f"{100 * t['qann_top1']:.2f}% | {100 * t['snn_top1']:.2f}% | {100 * t['agreement']:.2f}% | "
+                 f"{t['sop_per_mac']:.3f} | {t['spikes_per_neuron']:.3f} | {e['fp32_45nm']['ann_over_snn']:.1f}x | "
+                 f"{e['int_45nm']['ann_over_snn']:.1f}x | {t['snn_mode']} |")
+  return "\n".join(lines)
+
+
 def plot_pareto(results: dict, path: Path) -> None:
   """Test top-1 (QANN and SNN) against SOPs/MAC, one panel per dataset; the chosen run ringed."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -202,6 +218,7 @@ def main(argv=None) -> int:
   path = common.save(results, out, "sparsity.json")
   # The plot sits beside the JSON (benchmarks/results/pareto.png by default).
   plot_pareto(results, path.with_name("pareto.png"))
+  print(markdown_table(results[args.dataset]))
   print(f"wrote {path} and {path.with_name('pareto.png')}")
   return 0
 
