@@ -10,7 +10,8 @@ carved from the training set, QANN top-1 and SOPs/MAC (fused simulation: exact o
 picks the sparsest run whose tune top-1 is within `--tolerance` of the weight-0 run's (the same
 fine-tuning without the loss term). Then every row is evaluated once on the test images (Fashion-MNIST
 "test", CIFAR-10 the 5,000 "validation" images the shipped model is reported on) with the spiking
-simulation (`--test_mode spike`; `--other_rows_mode fused` measures the runs that were not chosen
+simulation (`--test_mode spike`; also the sparse candidate, the best tune top-1 at or below
+`--target_ratio` SOPs/MAC; `--other_rows_mode fused` measures the runs that were not chosen
 with the fused path, which counts the same operations and gives the same QANN top-1 in a fifth of
 the time, labelled as not simulated spike by spike): QANN top-1, SNN top-1, agreement, SOPs/MAC,
 spikes per neuron, energy under both presets, and what the row cost (fine-tuning steps and minutes). With `--ship DIR`
@@ -77,7 +78,8 @@ def markdown_table(entry: dict) -> str:
   for r in entry["rows"]:
     t, e = r["test"], r["test"]["energy_presets"]
     cost = f"{r['steps']} steps, {r['minutes']:.0f} min" if r["steps"] else "shipped"
-    name = f"**{r['label']}** (chosen)" if r["run"] == entry.get("selected") else r["label"]
+    name = (f"**{r['label']}** (chosen)" if r["run"] == entry.get("selected") else
+            f"**{r['label']}** (sparse candidate)" if r["run"] == entry.get("candidate") else r["label"])
     lines.append(f"| {name} | {cost} | {100 * r['tune']['qann_top1']:.2f}% | {r['tune']['sop_per_mac']:.3f} | "
                  f"{100 * t['qann_top1']:.2f}% | {100 * t['snn_top1']:.2f}% | {100 * t['agreement']:.2f}% | "
                  f"{t['sop_per_mac']:.3f} | {t['spikes_per_neuron']:.3f} | {e['fp32_45nm']['ann_over_snn']:.1f}x | "
@@ -133,6 +135,9 @@ def main(argv=None) -> int:
                            "operation counts and QANN top-1, SNN top-1 not simulated spike by spike)")
   parser.add_argument("--max_examples", type=int, default=None, help="cap on tune and test images (smoke runs)")
   parser.add_argument("--ship", default=None, help="write the chosen run's export and report here")
+  parser.add_argument("--target_ratio", type=float, default=0.30,
+                      help="the sparse candidate: the best tune top-1 among runs at or below this tune "
+                           "SOPs/MAC, also simulated spike by spike on the test images")
   parser.add_argument("--out", default=None)
   args, rest = parser.parse_known_args(argv)
   common_overrides = config_utils.parse_override_flags(rest)
@@ -185,6 +190,10 @@ def main(argv=None) -> int:
   eligible = [r for r in fine_tuned if r["weight"] > 0 and r["tune"]["qann_top1"] >= floor]
   chosen = min(eligible, key=lambda r: r["tune"]["sop_per_mac"]) if eligible else None
   print(f"chosen on tune (top-1 >= {floor:.4f}, fewest SOPs/MAC): {chosen['run'] if chosen else 'none'}")
+  sparse = [r for r in fine_tuned if r["weight"] > 0 and r["tune"]["sop_per_mac"] <= args.target_ratio]
+  candidate = max(sparse, key=lambda r: r["tune"]["qann_top1"]) if sparse else None
+  print(f"sparse candidate (tune SOPs/MAC <= {args.target_ratio}, best tune top-1): "
+        f"{candidate['run'] if candidate else 'none'}")
 
   for row, config, variables, run_dir, overrides in rows:
     if args.ship and chosen is row:
@@ -204,7 +213,7 @@ def main(argv=None) -> int:
       shutil.copytree(os.path.join(run_dir, "report"), ship / "report")
       row["shipped_to"] = str(ship)
     else:
-      mode = args.test_mode if row is chosen or run_dir is None else args.other_rows_mode
+      mode = args.test_mode if row is chosen or row is candidate or run_dir is None else args.other_rows_mode
       row["test"] = measure(row, config, variables, spec["test_split"], mode)
     print(f"{row['run']}: test QANN {row['test']['qann_top1']:.4f} SNN {row['test']['snn_top1']:.4f} "
           f"agreement {row['test']['agreement']:.4f} SOPs/MAC {row['test']['sop_per_mac']:.3f}")
@@ -213,7 +222,8 @@ def main(argv=None) -> int:
       "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: str(v) for k, v in common_overrides.items()},
       "test_split": spec["test_split"], "tune_tolerance": args.tolerance, "max_examples": args.max_examples,
       "selection": "fewest tune SOPs/MAC among weight > 0 runs with tune QANN top-1 >= weight-0 run's - tolerance",
-      "selected": chosen["run"] if chosen else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
+      "selected": chosen["run"] if chosen else None, "target_ratio": args.target_ratio,
+      "candidate": candidate["run"] if candidate else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
       "rows": [r for r, *_ in rows], "machine": common.machine()}
   path = common.save(results, out, "sparsity.json")
   # The plot sits beside the JSON (benchmarks/results/pareto.png by default).
