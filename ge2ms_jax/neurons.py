@@ -299,16 +299,22 @@ def expg_quantize(x: Array, theta: Any, base: int, groups: int) -> Array:
   Returns:
     `Q(x)`, same shape and dtype as `x`.
   """
-  base, groups = check_code(base, groups, "expg_quantize")
-  _check_theta(theta, "expg_quantize")
+  x, theta, base, groups = _float_args(x, theta, base, groups, "expg_quantize")
+  return _quantize(x, theta, base**groups)
+
+
+def _float_args(x: Any, theta: Any, base: Any, groups: Any, where: str) -> tuple[Array, Array, int, int]:
+  """Checks the code and threshold of a one-pass neuron function; `x` and `theta` as float arrays."""
+  base, groups = check_code(base, groups, where)
+  _check_theta(theta, where)
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
   theta = jnp.asarray(theta)
   if not jnp.issubdtype(theta.dtype, jnp.floating):
     theta = theta.astype(jnp.float32)
-  _check_theta_shape(theta, x.shape, "expg_quantize")
-  return _quantize(x, theta, base**groups)
+  _check_theta_shape(theta, x.shape, where)
+  return x, theta, base, groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,15 +518,7 @@ def spike_count(x: Array, theta: Any, base: int, groups: int) -> Array:
   Returns:
     `[..., C]` spike counts in `x`'s dtype, values in `0 .. groups * (base - 1)`.
   """
-  base, groups = check_code(base, groups, "spike_count")
-  _check_theta(theta, "spike_count")
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
-  theta = jnp.asarray(theta)
-  if not jnp.issubdtype(theta.dtype, jnp.floating):
-    theta = theta.astype(jnp.float32)
-  _check_theta_shape(theta, x.shape, "spike_count")
+  x, theta, base, groups = _float_args(x, theta, base, groups, "spike_count")
   return _spike_count(x, theta, base, groups)
 
 

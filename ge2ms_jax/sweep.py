@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -98,7 +99,12 @@ def run_name(index: int, overrides: Mapping[str, Any]) -> str:
   last = [k.rsplit(".", 1)[-1] for k in overrides]
   parts = [f"{short if last.count(short) == 1 else key}={_value_name(v)}"
            for short, (key, v) in zip(last, overrides.items())]
-  name = re.sub(r"[^A-Za-z0-9_.=+-]", "", "_".join(parts))[:120]
+  name = re.sub(r"[^A-Za-z0-9_.=+-]", "", "_".join(parts))
+  if len(name) > 120:
+    # Cut names keep a digest of all the overrides, so runs that differ only past the cut (or a
+    # changed run list) never share a folder.
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = f"{name[:111]}_{digest}"
   return f"{index:03d}_{name}" if name else f"{index:03d}"
 
 

@@ -40,6 +40,9 @@ def test_run_names_are_short_unique_and_safe():
       "003_base=4_window_sizes=2-4-0")
   assert sweep.run_name(0, {"optax.wd": 0.1, "schedule.wd": 0.2}) == "000_optax.wd=0.1_schedule.wd=0.2"
   assert sweep.run_name(1, {"data.source": "/a b/c"}) == "001_source=abc"
+  long = {f"model.field_{i}": "x" * 20 for i in range(8)}
+  a, b = sweep.run_name(2, {**long, "sparsity.weight": 1.0}), sweep.run_name(2, {**long, "sparsity.weight": 5.0})
+  assert a != b and len(a) == len(b) == 4 + 120  # the overrides past the cut still tell runs apart
 
 
 def test_the_shipped_sweeps_expand_and_validate():
