@@ -29,7 +29,6 @@ import numpy as np
 
 from ge2ms_jax import energy as energy_lib
 from ge2ms_jax import evaluation
-from ge2ms_jax import layers as L
 from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
@@ -75,28 +74,8 @@ def plot_training(jsonl_path: str, out_path: str) -> bool:
 def spike_trains(config: ml_collections.ConfigDict, snn_variables: Mapping[str, Any], image: jax.Array
                  ) -> dict[str, np.ndarray]:
   """The spikes `[T, H, W, C]` of every neuron site for one image `[1, H, W, C]`, in network order."""
-  net = models.build(config, "spike")
-  order: list[str] = []
-
-  def is_neuron(module, _):
-    if isinstance(module, L.Neuron):
-      order.append("/".join(module.path))
-      return True
-    return False
-
-  _, state = jax.jit(lambda v, x: net.apply(v, x, mutable=["intermediates", "stats"],
-                                            capture_intermediates=is_neuron))(snn_variables, image)
-  found = {}
-
-  def visit(tree, path):
-    for key, value in tree.items():
-      if key == "__call__":
-        found["/".join(path)] = np.asarray(value[0].spikes[:, 0])
-      elif isinstance(value, Mapping):
-        visit(value, path + [key])
-
-  visit(state["intermediates"], [])
-  return {site: found[site] for site in dict.fromkeys(order)}
+  _, outputs = snn.neuron_site_outputs(models.build(config, "spike"), snn_variables, image)
+  return {site: np.asarray(train.spikes[:, 0]) for site, train in outputs.items()}
 
 
 def _distinct_patterns(s: np.ndarray, count: int) -> np.ndarray:

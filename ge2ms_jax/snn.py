@@ -239,8 +239,18 @@ def merge(results: list[SimResult]) -> SimResult:
 # ---------------------------------------------------------------------------------------------
 # Verification: the QANN and the SNN side by side, layer by layer
 # ---------------------------------------------------------------------------------------------
-def _neuron_outputs(net: nn.Module, variables, images) -> tuple[Array, dict[str, Array]]:
-  """Logits and the value of every neuron site's output, in network order."""
+def neuron_site_outputs(net: nn.Module, variables, images, *, stats: bool = True) -> tuple[Array, dict[str, Any]]:
+  """Logits and what every neuron site returned, in the order the network calls its sites.
+
+  Args:
+    net: a built network (any mode); variables: its variables; images: `[B, H, W, C]`.
+    stats: make the `"stats"` collection mutable (the fused and QANN neurons then return `Coded`
+      values, and spike mode runs its operand checks); without it spike mode compiles faster.
+
+  Returns:
+    `(logits [B, classes], {site: output})`: arrays (QANN), `spikes.Coded` (fused, QANN with stats)
+    or `spikes.SpikeTrain` (spike mode; `.spikes` is `[T, B, H, W, C]`).
+  """
   order: list[str] = []
 
   def is_neuron(module, _):
@@ -251,7 +261,7 @@ def _neuron_outputs(net: nn.Module, variables, images) -> tuple[Array, dict[str,
 
   @jax.jit
   def run(variables, images):
-    logits, state = net.apply(variables, images, mutable=["intermediates", "stats"],
+    logits, state = net.apply(variables, images, mutable=["intermediates"] + (["stats"] if stats else []),
                               capture_intermediates=is_neuron)
     return logits, state["intermediates"]
 
@@ -261,12 +271,18 @@ def _neuron_outputs(net: nn.Module, variables, images) -> tuple[Array, dict[str,
   def visit(tree, path):
     for key, value in tree.items():
       if key == "__call__":
-        out["/".join(path)] = sp.dense(value[0])
+        out["/".join(path)] = value[0]
       elif isinstance(value, Mapping):
         visit(value, path + [key])
 
   visit(inter, [])
   return logits, {site: out[site] for site in dict.fromkeys(order)}
+
+
+def _neuron_outputs(net: nn.Module, variables, images) -> tuple[Array, dict[str, Array]]:
+  """Logits and the value of every neuron site's output, in network order."""
+  logits, outputs = neuron_site_outputs(net, variables, images)
+  return logits, {site: sp.dense(value) for site, value in outputs.items()}
 
 
 def verify(qann_variables: Mapping[str, Any], snn_variables: Mapping[str, Any], images: Array, *,

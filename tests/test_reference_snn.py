@@ -23,7 +23,6 @@ import pytest
 from ge2ms_jax import config_utils
 from ge2ms_jax import conversion
 from ge2ms_jax import export
-from ge2ms_jax import layers as L
 from ge2ms_jax import main
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
@@ -92,32 +91,9 @@ def _capture(model_config: ml_collections.ConfigDict, snn_variables: Any, images
   The same `net.apply` as `snn.simulate(mode="spike")`, without the "stats" collection: the spikes do
   not depend on it, and leaving the statistics out makes compiling several times faster.
   """
-  net = models.build(model_config, "spike")
-  order: list[str] = []
-
-  def is_neuron(module, _):
-    if isinstance(module, L.Neuron):
-      order.append("/".join(module.path))
-      return True
-    return False
-
-  @jax.jit
-  def run(variables, x):
-    logits, state = net.apply(variables, x, mutable=["intermediates"], capture_intermediates=is_neuron)
-    return logits, state["intermediates"]
-
-  logits, inter = run(snn_variables, images)
-  found = {}
-
-  def visit(tree, path):
-    for key, value in tree.items():
-      if key == "__call__":
-        found["/".join(path)] = np.asarray(value[0].spikes).astype(bool)
-      elif hasattr(value, "items"):
-        visit(value, path + [key])
-
-  visit(inter, [])
-  return np.asarray(logits), {site: found[site] for site in dict.fromkeys(order)}
+  logits, outputs = snn.neuron_site_outputs(models.build(model_config, "spike"), snn_variables, images,
+                                            stats=False)
+  return np.asarray(logits), {site: np.asarray(t.spikes).astype(bool) for site, t in outputs.items()}
 
 
 class Shipped:
