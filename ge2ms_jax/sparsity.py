@@ -79,16 +79,21 @@ def penalty(sop_per_mac: jax.Array, weight: float, target: float = 0.0) -> jax.A
   return weight * jnp.maximum(excess, 0.0)
 
 
-def finetune_overrides(init_from: str, epochs: float, lr: float, warmup_steps: int = 50) -> dict[str, Any]:
+def finetune_overrides(init_from: str, epochs: float, lr: float, warmup_steps: int = 50,
+                       distill_weight: float = 0.0) -> dict[str, Any]:
   """Config overrides of a spike-aware fine-tuning run from a trained model.
 
   The run starts from `init_from` with a fresh optimizer, trains `epochs` on "train" less a
   class-stratified 10% "tune" split, and evaluates on "tune", so that a sweep picks its setting on
-  images that are neither trained on nor the test images.
+  images that are neither trained on nor the test images. With `distill_weight` > 0 the model it
+  starts from is also its teacher (`ge2ms_jax/distill.py`, temperature 2).
   """
-  return {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": float(lr),
-          "schedule.warmup_steps": int(warmup_steps), "data.tune_fraction": 0.1,
-          "data.eval_split": "tune", "sparsity.track": True}
+  overrides = {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": float(lr),
+               "schedule.warmup_steps": int(warmup_steps), "data.tune_fraction": 0.1,
+               "data.eval_split": "tune", "sparsity.track": True}
+  if distill_weight:
+    overrides.update({"distill.teacher": init_from, "distill.weight": float(distill_weight)})
+  return overrides
 
 
 def target_run(common: dict[str, Any], weight: float, target: float, epochs: float) -> dict[str, Any]:

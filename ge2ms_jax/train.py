@@ -39,6 +39,7 @@ from ge2ms_jax import checkpoint as ckpt_lib
 from ge2ms_jax import config_utils
 from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import sharding as sharding_lib
+from ge2ms_jax import distill as distill_lib
 from ge2ms_jax import sparsity as sparsity_lib
 
 _log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Fine-tuning: start from these QANN variables (an export, an Orbax checkpoint step folder, or a
   # workdir) with a fresh optimizer; a checkpoint in this run's own workdir still wins (resume).
   c.init_from = ""
+  # Knowledge distillation (ge2ms_jax/distill.py): also match a trained teacher's soft labels.
+  c.distill = distill_lib.default_config()
   return c
 
 
@@ -217,13 +220,16 @@ def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]
 
 def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
                    config: ml_collections.ConfigDict, ann_macs: float | None = None) -> Callable:
-  """The pure update step `(state, batch) -> (state, metrics)`.
+  """The pure update step `(state, batch[, teacher]) -> (state, metrics)`.
 
   `batch`: `"image"` f32 [B, H, W, C], `"label"` i32 [B], `"target"` f32 [B, K].
+  `teacher`: with distillation (`config.distill.teacher`), the teacher's variables
+  `{"params", "batch_stats", ...}` for `net` (run in eval mode, no gradient); else omitted.
   `metrics`: scalars `loss`, `accuracy`, `grad_norm`, `lr`; with spike-aware training
   (`config.sparsity`, needs `ann_macs`: the network's MACs per image) also `sop_per_mac` (the
   converted network's synaptic operations per image over `ann_macs`, on this batch) and
-  `sparsity_loss` (its term of `loss`).
+  `sparsity_loss` (its term of `loss`); with distillation `distill_loss` (the KL term, before its
+  weight).
   """
   ema_decay = float(config.optax.ema_decay)
   accum = int(config.optax.grad_accum_steps)
@@ -233,8 +239,13 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
   if spike_aware and not ann_macs:
     raise ValueError("make_update_fn: spike-aware training (config.sparsity) needs ann_macs, the "
                      "network's MACs per image (model.count(config.model)['macs']).")
+  distilling = distill_lib.enabled(config)
+  distill = distill_lib.check(config)
 
-  def update(state: TrainState, batch: Mapping[str, jax.Array]):
+  def update(state: TrainState, batch: Mapping[str, jax.Array], teacher: Any = None):
+    if distilling and teacher is None:
+      raise ValueError("update: config.distill.teacher is set, so the step needs the teacher's "
+                       "variables as its third argument.")
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mutable = list(state.model_state) + (["stats"] if spike_aware else [])
 
@@ -250,6 +261,10 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
       logits = logits.astype(jnp.float32)  # The loss in float32 also under bf16 compute.
       loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["target"]))
       extra = {}
+      if distilling:
+        teacher_logits = net.apply(teacher, batch["image"], train=False).astype(jnp.float32)
+        extra["distill_loss"] = distill_lib.kl_term(logits, teacher_logits, distill.temperature)
+        loss = (1.0 - distill.weight) * loss + distill.weight * extra["distill_loss"]
       if spike_aware:
         sops = sparsity_lib.total_sops(new_model_state.pop("stats")) / logits.shape[0]
         extra["sop_per_mac"] = sops / ann_macs
@@ -489,9 +504,21 @@ class Trainer:
     update = make_update_fn(self.net, self.tx, self.schedule, config, ann_macs)
     if wrap_update is not None:
       update = wrap_update(update)
-    self.update_fn = jax.jit(update, donate_argnums=(0,),
-                             in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=(self.state_shardings, self.replicated))
+    if distill_lib.enabled(config):
+      # The teacher is an argument, not a constant folded into the program, and is laid out like
+      # the student's own variables.
+      teacher_shardings = {"params": self.state_shardings.params, **self.state_shardings.model_state}
+      self.teacher = jax.device_put(initial_variables(config, config.distill.teacher), teacher_shardings)
+      step = jax.jit(update, donate_argnums=(0,),
+                     in_shardings=(self.state_shardings, self.batch_sharding, teacher_shardings),
+                     out_shardings=(self.state_shardings, self.replicated))
+      self.update_fn = lambda state, batch: step(state, batch, self.teacher)
+      _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
+                config.distill.weight, config.distill.temperature)
+    else:
+      self.update_fn = jax.jit(update, donate_argnums=(0,),
+                               in_shardings=(self.state_shardings, self.batch_sharding),
+                               out_shardings=(self.state_shardings, self.replicated))
     self.eval_fn = jax.jit(make_eval_fn(self.net),
                            in_shardings=(self.state_shardings.params,
                                          self.state_shardings.model_state, self.batch_sharding),

@@ -11,6 +11,7 @@ import pytest
 
 from ge2ms_jax import config_utils
 from ge2ms_jax import conversion as C
+from ge2ms_jax import distill
 from ge2ms_jax import export
 from ge2ms_jax import model as M
 from ge2ms_jax import neurons
@@ -161,6 +162,69 @@ def test_bad_sparsity_settings_are_named():
     train.make_update_fn(None, optax.adam(1e-3), optax.constant_schedule(1e-3), config)
 
 
+def test_distillation_term_is_the_tempered_kl_and_leaves_the_teacher_alone():
+  rng = np.random.default_rng(0)
+  student, teacher = rng.standard_normal((2, 6, 5))
+  t = 2.5
+  p = np.exp(teacher / t) / np.exp(teacher / t).sum(-1, keepdims=True)
+  q = np.exp(student / t) / np.exp(student / t).sum(-1, keepdims=True)
+  expected = t * t * np.mean(np.sum(p * np.log(p / q), -1))
+  got = distill.kl_term(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), t)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+  assert float(distill.kl_term(jnp.asarray(teacher), jnp.asarray(teacher), t)) == pytest.approx(0.0, abs=1e-6)
+  grad_teacher = jax.grad(lambda x: distill.kl_term(jnp.asarray(student), x, t))(jnp.asarray(teacher))
+  assert not np.any(np.asarray(grad_teacher))
+
+
+def test_distillation_pulls_towards_the_teacher_and_zero_weight_is_plain_training():
+  cfg = _small_config()
+  net = M.build(cfg)
+  variables = _trained_like(cfg, 3, jnp.float32)
+  params, model_state = variables.pop("params"), variables
+  teacher = _trained_like(cfg, 4, jnp.float32)
+  # A confident teacher: its soft labels differ clearly from the near-uniform student's.
+  teacher["params"]["head"]["bias"] = jnp.linspace(-3.0, 3.0, 10)
+  images = jax.random.normal(jax.random.key(2), (16, 28, 28, 1))
+  labels = jnp.arange(16) % 10
+  batch = {"image": images, "label": labels, "target": jax.nn.one_hot(labels, 10)}
+  tx = optax.adam(1e-2)
+
+  def run(weight, steps=10):
+    config = train.base_config()
+    if weight is not None:
+      config.distill.teacher, config.distill.weight = "teacher", weight
+    update = jax.jit(train.make_update_fn(net, tx, optax.constant_schedule(1e-2), config))
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(model_state),
+                             opt_state=tx.init(params), ema_params={},
+                             rng=jax.random.key_data(jax.random.key(0)))
+    history = []
+    for _ in range(steps):
+      state, metrics = update(state, batch, teacher) if weight is not None else update(state, batch)
+      history.append(jax.device_get(metrics))
+    return history
+
+  plain, weightless, pulled = run(None), run(0.0), run(1.0)
+  np.testing.assert_allclose([h["loss"] for h in weightless], [h["loss"] for h in plain], rtol=1e-5)
+  assert weightless[0]["distill_loss"] > 0.05
+  assert pulled[0]["loss"] == pytest.approx(pulled[0]["distill_loss"], rel=1e-6)
+  assert pulled[-1]["distill_loss"] < 0.5 * pulled[0]["distill_loss"]
+  assert weightless[-1]["distill_loss"] > pulled[-1]["distill_loss"]
+
+
+def test_bad_distillation_settings_are_named():
+  config = train.base_config()
+  config.distill.teacher, config.distill.weight = "t", 1.5
+  with pytest.raises(ValueError, match=r"config.distill.weight=1.5; use a number in \[0, 1\]"):
+    distill.check(config)
+  config.distill.weight, config.distill.temperature = 0.5, 0.0
+  with pytest.raises(ValueError, match=r"config.distill.temperature=0.0; use a number > 0"):
+    distill.check(config)
+  config.distill.temperature = 2.0
+  update = train.make_update_fn(None, optax.adam(1e-3), optax.constant_schedule(1e-3), config)
+  with pytest.raises(ValueError, match="needs the teacher's variables"):
+    update(None, {})
+
+
 def _local_config(**overrides):
   config = config_utils.load_config("experiments/fashion_mnist.py:runlocal", overrides)
   config.ckpt.async_save = False
@@ -185,6 +249,24 @@ def test_fine_tuning_starts_from_an_export_with_a_fresh_optimizer(tmp_path):
   finally:
     trainer.close()
   del net
+
+
+def test_fine_tuning_distils_from_the_model_it_starts_from(tmp_path):
+  config = _local_config()
+  variables = jax.device_get(_trained_like(config.model, 5, jnp.float32))
+  export.save(tmp_path / "export", variables, step=77, model_config=config.model)
+  config.update_from_flattened_dict(sparsity.finetune_overrides(str(tmp_path / "export"), epochs=1.0,
+                                                                 lr=1e-3, warmup_steps=1, distill_weight=0.7))
+  config.total_steps, config.log_every_steps, config.evals.every_steps = 2, 1, 0
+  trainer = train.Trainer(config, tmp_path / "run")
+  try:
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.teacher["params"]), variables["params"])
+    result = trainer.run()
+  finally:
+    trainer.close()
+  assert [h["step"] for h in result.history] == [1, 2]
+  # At step 1 the student is the teacher but trains with dropout and batch statistics: small, not 0.
+  assert all(0 <= h["distill_loss"] < 5 for h in result.history)
 
 
 def test_init_from_a_missing_path_is_named(tmp_path):

@@ -7,7 +7,8 @@
 
 Each run fine-tunes `checkpoints/cifar10_tiny` (the `cpu` budget's recipe) for one epoch of its
 45,000 training images less a 10% "tune" split, with the loss `cross-entropy + weight * SOPs/MAC`,
-over weights starting at 0, and one run with a target ratio and two epochs (run second). The 5,000 "validation" images the shipped model is reported on stay out
+over weights starting at 0, and one run with a target ratio and three epochs, run first: the sparse
+reference model's recipe. The 5,000 "validation" images the shipped model is reported on stay out
 of training and of the choice; `benchmarks/sparsity.py` reports every run on them once.
 """
 
@@ -15,16 +16,17 @@ from ge2ms_jax import config_utils
 from ge2ms_jax import sparsity
 
 CONFIG = "experiments/cifar10.py:variant=tiny,cpu"
-# The last run pulls hard until SOPs/MAC reaches TARGET, then only accuracy: the sparse reference model's
-# recipe, given 2 epochs to recover its accuracy at that sparsity.
-TARGET = dict(weight=15.0, target=0.25, epochs=2.0)
+# The target run pulls until SOPs/MAC reaches TARGET, then only accuracy: the sparse reference model's
+# recipe, given 3 epochs to recover its accuracy at that sparsity. The target sits below the 0.30 goal
+# because the hinge is met on augmented training batches, not on the images the model is reported on.
+TARGET = dict(weight=5.0, target=0.28, epochs=3.0)
 WEIGHTS = (0.0, 2.0, 5.0)
 
 
 def get_sweep(arg=None):
-  """One run per loss weight, then the target run."""
+  """The target run, then one run per loss weight."""
   config_utils.parse_arg(arg)
   common = sparsity.finetune_overrides("checkpoints/cifar10_tiny", epochs=1.0, lr=2e-3)
-  # The control and the target run first: the ones the choice and the sparse reference model need.
+  # The target run and the control first: the ones the sparse reference model and the choice need.
   runs = [dict(common, **{"sparsity.weight": w}) for w in WEIGHTS]
-  return runs[:1] + [sparsity.target_run(common, **TARGET)] + runs[1:]
+  return [sparsity.target_run(common, **TARGET)] + runs
