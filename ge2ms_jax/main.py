@@ -8,7 +8,10 @@
 `--config` names a Python file with `get_config(arg)` and, after a colon, its config string.
 `--config.key=value` flags override fields; an unknown key or a value of the wrong type is an error
 naming the key (and the closest existing keys). Running `train` again on the same `--workdir`
-resumes from its newest checkpoint. For several processes (one per host), pass
+resumes from its newest checkpoint. A run that writes into a workdir (train, all, convert, export)
+holds `<workdir>/lock.json`; a second such launch on it stops with one line and exit code 2 while the
+first runs on (`--force_unlock` takes over a lock whose holder is known to be dead; a holder that is
+gone is detected and taken over without it). For several processes (one per host), pass
 `--coordinator_address HOST:PORT --num_processes N --process_id I`, or set `GE2MS_COORDINATOR`,
 `GE2MS_NUM_PROCESSES`, `GE2MS_PROCESS_ID` (or `GE2MS_DISTRIBUTED=auto` on Cloud TPU / SLURM).
 """
@@ -246,6 +249,17 @@ def _all(config, workdir, args) -> int:
   return 0
 
 
+def _writes_workdir(args: argparse.Namespace) -> bool:
+  """Whether the mode writes checkpoints, an export, a conversion or a report into `--workdir` (and so
+  holds its lock). evaluate/energy/verify/plan only read checkpoints and write their own result
+  files, so they run beside a training run on the same workdir."""
+  if args.workdir is None:
+    return False
+  if args.mode == "export":
+    return args.export_dir is None
+  return args.mode in ("train", "all", "convert")
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
   """Splits argv into the known flags and the `--config.key=value` overrides."""
   parser = argparse.ArgumentParser(
@@ -272,6 +286,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
                            "by spike, not checked")
   parser.add_argument("--max_steps", type=int, default=None,
                       help="plan: the most time steps a neuron site may use")
+  parser.add_argument("--force_unlock", action="store_true",
+                      help="take over the workdir's lock even though its holder looks alive (only "
+                           "when that run is known to be dead)")
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
@@ -299,12 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_utils.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from ge2ms_jax import checkpoint, export, train  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import checkpoint, export, train, workdir_lock  # pylint: disable=g-import-not-at-top
   # Faults the run already explains in full: a message and an exit code, not a traceback.
   explained = (checkpoint.WorkdirError, checkpoint.CheckpointCorruptError,
                checkpoint.CheckpointMismatchError, train.NonFiniteError, export.ExportError)
   try:
+    if _writes_workdir(args):
+      with workdir_lock.hold(args.workdir, config, force=args.force_unlock):
+        return MODES[args.mode](config, args.workdir, args)
     return MODES[args.mode](config, args.workdir, args)
+  except workdir_lock.WorkdirInUseError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except explained as e:
     logging.getLogger(__name__).debug("mode %s failed", args.mode, exc_info=True)
     print(f"error: {e}", file=sys.stderr)

@@ -41,6 +41,7 @@ from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import sharding as sharding_lib
 from ge2ms_jax import distill as distill_lib
 from ge2ms_jax import sparsity as sparsity_lib
+from ge2ms_jax import workdir_lock
 
 _log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""
   # Knowledge distillation (ge2ms_jax/distill.py): also match a trained teacher's soft labels.
   c.distill = distill_lib.default_config()
+  # One run per workdir (ge2ms_jax/workdir_lock.py): the holder's heartbeat interval, and the
+  # heartbeat age after which a lock counts as left behind by a dead run and is taken over.
+  c.workdir_lock = workdir_lock.default_config()
   return c
 
 
@@ -422,13 +426,21 @@ class Trainer:
     self.workdir = os.fspath(workdir)
     self.is_primary = jax.process_index() == 0
     self._consecutive_skips = 0
-
-    # ----------------------------------------------------------------------------------------
-    # Logging: the workdir, the config as JSON, metric writers.
-    # ----------------------------------------------------------------------------------------
     # Disk problems fail here, not at the first checkpoint hours later.
     self._min_free = int(config.ckpt.get("min_free_mb", 0) * 2**20)
     ckpt_lib.check_workdir(self.workdir, self._min_free)
+    # Before anything is written into it: a second launch on a held workdir stops here.
+    workdir_lock.acquire(self.workdir, config)
+    try:
+      self._setup(config, net, data_module, devices, wrap_update)
+    except BaseException:
+      workdir_lock.release(self.workdir)
+      raise
+
+  def _setup(self, config, net, data_module, devices, wrap_update) -> None:
+    # ----------------------------------------------------------------------------------------
+    # Logging: the config as JSON, metric writers.
+    # ----------------------------------------------------------------------------------------
     self._save_config()
     self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_primary)
 
@@ -708,10 +720,13 @@ class Trainer:
     return {"step": self.step, **result}
 
   def close(self) -> None:
-    """Waits for checkpoint writes, stops the input iterator and closes files."""
-    self.checkpointer.close()
-    self.writer.close()
-    _close(self.train_iter)
+    """Waits for checkpoint writes, stops the input iterator, closes files and frees the workdir."""
+    try:
+      self.checkpointer.close()
+      self.writer.close()
+      _close(self.train_iter)
+    finally:
+      workdir_lock.release(self.workdir)
 
 
 def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.ConfigDict,
@@ -854,6 +869,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
   Writes `<workdir>/result.json`: status, step, wall time of this invocation, and the last logged
   training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
   """
+  with workdir_lock.hold(workdir, config):  # Also while result.json is written.
+    return _train_and_report(config, workdir, **kwargs)
+
+
+def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
   trainer = Trainer(config, workdir, **kwargs)
   start = time.time()
   try:
