@@ -142,8 +142,7 @@ def main(argv=None) -> int:
   args, rest = parser.parse_known_args(argv)
   common_overrides = config_utils.parse_override_flags(rest)
   spec = DATASETS[args.dataset]
-  runs, config_spec = sweep.load_sweep(args.sweep or spec["sweep"])
-  config_spec = args.config or config_spec
+  runs, config_spec = sweep.load_sweep(args.sweep or spec["sweep"], args.config)
   configs = sweep.build_configs(config_spec, runs, common_overrides)
 
   out = Path(args.out) if args.out else common.RESULTS / "sparsity.json"

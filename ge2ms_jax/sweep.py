@@ -1,7 +1,9 @@
 """Sweeps: a list of config overrides run one by one (or printed as commands), with a results table.
 
 A sweep file `experiments/sweeps/<name>.py` defines `get_sweep(arg) -> list[dict]` (each dict is one
-run's `{config key: value}` overrides) and optionally `CONFIG`, the experiment it applies to:
+run's `{config key: value}` overrides), optionally `CONFIG`, the experiment it applies to, and
+optionally `EXPERIMENT_ARGS`, the config-string keys passed on to that experiment's own config string
+(`("runlocal",)`: `sweep.py:runlocal` runs every run with the experiment's `runlocal` settings):
 
     CONFIG = "experiments/fashion_mnist.py"
     def get_sweep(arg):
@@ -120,17 +122,41 @@ def format_value(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def load_sweep(spec: str) -> tuple[list[dict[str, Any]], str | None]:
-  """Loads `path.py[:arg]`: returns (its `get_sweep(arg)` runs, its `CONFIG` or None)."""
+def with_experiment_arg(config_spec: str, items: Sequence[str]) -> str:
+  """`config_spec` with config-string `items` appended: `("x.py:data=y", ["runlocal"])` ->
+  `"x.py:data=y,runlocal"`."""
+  if not items:
+    return config_spec
+  path, arg = config_utils.split_spec(config_spec)
+  return f"{path}:{','.join([a for a in arg.split(',') if a.strip()] + list(items))}"
+
+
+def load_sweep(spec: str, config: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+  """Loads `path.py[:arg]`: returns (its `get_sweep(arg)` runs, the experiment's config spec).
+
+  The experiment is `config` if given, else the sweep file's `CONFIG` (None if neither). Items of
+  the config string whose key the sweep file lists in `EXPERIMENT_ARGS` (e.g. `("runlocal",)`) go
+  to the experiment's own config string instead of `get_sweep`, so `runlocal` means exactly what
+  it means for the experiment; every other item goes to `get_sweep`, which raises on one it does
+  not know (`config_utils.parse_arg`).
+  """
   path, arg = config_utils.split_spec(spec)
   module = config_utils.load_module(path, "ge2ms_sweep")
   if not hasattr(module, "get_sweep"):
     raise config_utils.ConfigError(f"sweep file {path!r} has no get_sweep(arg) function.")
-  runs = module.get_sweep(arg)
+  forwarded = tuple(getattr(module, "EXPERIMENT_ARGS", ()))
+  own, passed = [], []
+  for item in (arg or "").split(","):
+    if item.strip():
+      (passed if item.partition("=")[0].strip() in forwarded else own).append(item.strip())
+  runs = module.get_sweep(",".join(own))
   if not isinstance(runs, list) or not all(isinstance(r, Mapping) for r in runs) or not runs:
     raise config_utils.ConfigError(f"{path}: get_sweep must return a non-empty list of override "
                                    f"dicts, got {type(runs).__name__}.")
-  return [{_strip(k): v for k, v in r.items()} for r in runs], getattr(module, "CONFIG", None)
+  config_spec = config or getattr(module, "CONFIG", None)
+  if config_spec:
+    config_spec = with_experiment_arg(config_spec, passed)
+  return [{_strip(k): v for k, v in r.items()} for r in runs], config_spec
 
 
 def build_configs(config_spec: str, runs: Sequence[Mapping[str, Any]],
@@ -282,8 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   try:
     common = config_utils.parse_override_flags(rest)
-    runs, default_config = load_sweep(args.sweep)
-    config_spec = args.config or default_config
+    runs, config_spec = load_sweep(args.sweep, args.config)
     if not config_spec:
       parser.error(f"{args.sweep} sets no CONFIG; pass --config experiments/NAME.py[:ARG].")
     if args.print_commands:

@@ -57,6 +57,25 @@ def test_the_shipped_sweeps_expand_and_validate():
   assert {(r["model.neuron.base"], r["model.neuron.groups"]) for r in runs} == {(2, 4), (4, 2), (16, 1)}
 
 
+def test_runlocal_is_the_experiments_own_and_unknown_sweep_args_are_errors():
+  for name, experiment in (("fashion_mnist_codes.py", "experiments/fashion_mnist.py"),
+                           ("stbp_time_steps.py", "experiments/stbp_fashion_mnist.py")):
+    runs, config_spec = sweep.load_sweep(f"experiments/sweeps/{name}:runlocal")
+    assert config_spec == f"{experiment}:runlocal"
+    local = config_utils.load_config(f"{experiment}:runlocal")
+    for config in sweep.build_configs(config_spec, runs):
+      # The experiment's laptop settings, not a second list: schedule, size and steps all shrink.
+      for key in ("total_steps", "batch_size", "schedule.warmup_steps", "model.stem_channels",
+                  "evals.batch_size"):
+        assert config_utils.flatten(config)[key] == config_utils.flatten(local)[key], (name, key)
+    with pytest.raises(config_utils.ConfigError, match=r"unknown config-string key 'runlokal'"):
+      sweep.load_sweep(f"experiments/sweeps/{name}:runlokal")
+  # The experiment given on the command line gets the passed-on item too.
+  _, config_spec = sweep.load_sweep("experiments/sweeps/fashion_mnist_codes.py:runlocal",
+                                    "experiments/fashion_mnist.py:data=fashion_mnist")
+  assert config_spec == "experiments/fashion_mnist.py:data=fashion_mnist,runlocal"
+
+
 def test_a_misspelt_key_fails_before_anything_runs(tmp_path):
   runs = [{"model.neuron.base": 2}, {"model.neuron.grops": 2}]
   ran = []
