@@ -4,8 +4,9 @@
 
 Identical to `fashion_mnist.py` except for the neurons: `config.model.neuron_kind` is "if" or "lif"
 and the network runs `T` time steps with surrogate gradients, so its training memory and time grow
-with T (the quantized ANN's do not). Config string: `neuron=if|lif`, `T=4`, `variant`, `data`,
-`runlocal`.
+with T (the quantized ANN's do not). LIF neurons charge in STBP's own form, `v <- v (1 - 1/tau) + x`
+(`config.model.decay_input`; docs/training.md says why). Config string: `neuron=if|lif`, `T=4`,
+`variant`, `data`, `runlocal`.
 """
 
 import pathlib

@@ -59,6 +59,7 @@ class NeuronSpec:
   kind: str = "expg"           # "expg" (QANN/SNN), or the STBP baselines "if" / "lif"
   time_steps: int = 4          # STBP only
   tau: float = 2.0             # LIF only
+  decay_input: bool = False    # LIF only: True scales the input by 1/tau too (see model.default_config)
   surrogate: str = "atan"      # STBP only
   alpha: float = 2.0           # STBP only
   reset: str = "soft"          # STBP only
@@ -386,7 +387,7 @@ class Neuron(nn.Module):
       if spec.kind == "if":
         return neurons.if_neuron(current, 1.0, spec.reset, spec.surrogate, spec.alpha)
       return neurons.lif_neuron(current, spec.tau, 1.0, "hard" if spec.reset == "hard" else "soft",
-                                spec.surrogate, spec.alpha)
+                                spec.surrogate, spec.alpha, decay_input=spec.decay_input)
     if self.mode == "stbp":
       raise ValueError(f"{_path(self)}: mode 'stbp' needs neuron kind 'if' or 'lif', got 'expg'.")
     base, groups = neurons.check_code(spec.base, spec.groups, _path(self))

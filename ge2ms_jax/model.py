@@ -59,7 +59,7 @@ def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   global, `heads_per_window`, `mlp_ratio`, `attn_shift` = -1 for automatic), and the neurons:
   `neuron` (default `base`, `groups`, `theta_init`, `per_channel`, `method`), `neuron_overrides`
   ("REGEX=BASE,GROUPS;..." on site names such as "stage1/block0/attn_q"), and for the STBP baseline
-  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `surrogate`, `alpha`, `reset`.
+  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `decay_input`, `surrogate`, `alpha`, `reset`.
   """
   if variant not in VARIANTS:
     raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
@@ -85,6 +85,11 @@ def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c.neuron_kind = "expg"
   c.time_steps = 4
   c.tau = 2.0
+  # LIF charge: False is STBP's own form (Wu et al., 2018), v <- v (1 - 1/tau) + x, in which one spike
+  # through an identity shortcut (weight 1) reaches threshold 1 and passes on; True (SpikingJelly's
+  # default) charges v += (x - v) / tau, which never lets it fire in T steps, so with the residual
+  # shortcuts of this network no spike reaches the head and the baseline cannot learn.
+  c.decay_input = False
   c.surrogate = "atan"
   c.alpha = 2.0
   c.reset = "soft"
@@ -110,6 +115,7 @@ def neuron_codes(config: ml_collections.ConfigDict) -> L.NeuronCodes:
   spec = L.NeuronSpec(base=n.base, groups=n.groups, theta_init=float(n.theta_init),
                       per_channel=bool(n.per_channel), method=n.get("method", "scan"), kind=kind,
                       time_steps=int(config.get("time_steps", 4)), tau=float(config.get("tau", 2.0)),
+                      decay_input=bool(config.get("decay_input", False)),
                       surrogate=config.get("surrogate", "atan"), alpha=float(config.get("alpha", 2.0)),
                       reset=config.get("reset", "soft"))
   return L.NeuronCodes(default=spec, overrides=L.parse_overrides(config.get("neuron_overrides", "")))

@@ -102,6 +102,51 @@ def test_stbp_variant_runs_through_time():
   assert any(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree.leaves(g))
 
 
+def _stbp_site_rates(kind, decay_input):
+  cfg = M.default_config("tiny")
+  cfg.neuron_kind, cfg.time_steps, cfg.decay_input = kind, 4, decay_input
+  net = M.build(cfg)
+  x = jax.random.normal(jax.random.key(3), (8, 28, 28, 1))
+  v = net.init({"params": jax.random.key(0)}, x)
+  is_neuron = lambda mdl, name: type(mdl).__name__ == "Neuron" and name == "__call__"  # noqa: E731
+  _, state = net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=is_neuron)
+  return net, v, x, {jax.tree_util.keystr(p): float(jnp.mean(s))
+                     for p, s in jax.tree_util.tree_leaves_with_path(state["intermediates"])}
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_stbp_spikes_reach_the_head_and_gradients_every_layer(kind):
+  net, v, x, rates = _stbp_site_rates(kind, decay_input=False)
+  assert len(rates) == 22
+  silent = {site: rate for site, rate in rates.items() if rate < 0.02}
+  assert not silent, f"{kind}: silent neuron sites at initialisation: {silent}"
+  # With a non-zero readout the gradient reaches, through the spikes of all T steps, the kernels on
+  # the shortcut path from the stem to the head and the zero-initialised BatchNorm scales closing
+  # every residual branch (which then open those branches' own kernels).
+  params = dict(v["params"], head=dict(v["params"]["head"],
+                                       kernel=jax.random.normal(jax.random.key(4), v["params"]["head"]["kernel"].shape)))
+  loss = lambda p: net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,  # noqa: E731
+                             mutable=["batch_stats"])[0][:, 0].sum()
+  grads = jax.jit(jax.grad(loss))(params)
+  names = {jax.tree_util.keystr(p): float(jnp.abs(g).sum()) for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+  closing = ("['mix_pw']['bn']['scale']", "['ffn_down']['bn']['scale']", "['attn_proj']['bn']['scale']",
+             "['mlp_down']['bn']['scale']")
+  reached = [n for n in names if n.endswith(closing) or "['down']['syn']" in n or "stem_conv']['syn" in n]
+  assert len(reached) == 9
+  dead = [n for n in reached if not names[n] > 0]
+  assert not dead, f"{kind}: parameters without gradient: {dead}"
+
+
+def test_lif_that_decays_its_input_silences_the_residual_path():
+  """The measurement behind `decay_input=False`: with SpikingJelly's charge v += (x - v) / tau, a spike
+  through an identity shortcut never reaches threshold 1 within T = 4 steps, so every neuron after
+  the first residual block is silent."""
+  _, _, _, rates = _stbp_site_rates("lif", decay_input=True)
+  assert rates["['stem_n']['__call__'][0]"] > 0.02
+  after_residual = [site for site in rates if "stage1" in site]
+  assert after_residual and all(rates[site] == 0.0 for site in after_residual)
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(variant="xl"), "unknown model variant 'xl'|variant='xl' is not allowed"),
     (dict(image_size=64), "variant 'tiny' takes image sizes \\(28, 32\\)"),

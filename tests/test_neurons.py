@@ -265,6 +265,14 @@ def test_lif_neuron_matches_reference():
   np.testing.assert_array_equal(N.lif_neuron(jnp.asarray(x), tau=2.0), _np_lif(x, 2.0, 1.0))
 
 
+def test_lif_charge_forms():
+  """STBP's form passes a weight-1 spike at once; the input-decaying form needs 1 - 2**-T >= 1: never."""
+  ones = jnp.ones((4, 3))
+  np.testing.assert_array_equal(N.lif_neuron(ones, tau=2.0, decay_input=False), ones)
+  assert not np.any(np.asarray(N.lif_neuron(ones, tau=2.0, decay_input=True)))
+  np.testing.assert_array_equal(N.lif_neuron(2.0 * ones, tau=2.0, decay_input=True), ones)
+
+
 def test_if_soft_reset_rate_codes_the_mean_input():
   """Over many steps a soft-reset IF neuron's rate approaches its mean input (rate coding)."""
   x = jnp.broadcast_to(jnp.linspace(0.0, 0.99, 11), (256, 11))
