@@ -866,7 +866,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.Pat
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
   """Builds a `Trainer` and runs it to the end (or to a preemption notice).
 
-  Writes `<workdir>/result.json`: status, step, wall time of this invocation, and the last logged
+  Writes `<workdir>/result.json`: status, step, wall time (`seconds`: of the whole run, over the
+  invocations a preempted run was resumed in; `seconds_this_invocation`), and the last logged
   training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
   """
   with workdir_lock.hold(workdir, config):  # Also while result.json is written.
@@ -874,6 +875,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
 
 
 def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
+  path = os.path.join(workdir, "result.json")
+  earlier = 0.0  # Wall time of the invocations this one resumes, so `seconds` is the run's total.
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+    if previous.get("status") == "preempted":
+      earlier = float(previous.get("seconds", 0.0))
+  except (OSError, ValueError, TypeError, AttributeError):
+    pass
   trainer = Trainer(config, workdir, **kwargs)
   start = time.time()
   try:
@@ -881,12 +891,12 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs)
   finally:
     trainer.close()
   if jax.process_index() == 0:
-    summary = {"status": result.status, "step": result.step, "seconds": time.time() - start,
+    summary = {"status": result.status, "step": result.step, "seconds": earlier + time.time() - start,
+               "seconds_this_invocation": time.time() - start,
                **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
                   if result.history else {}),
                **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
                   if result.evals else {})}
-    path = os.path.join(workdir, "result.json")
     with open(path + ".tmp", "w") as f:  # Replaced whole: a kill never leaves half a file.
       json.dump(summary, f, indent=2)
     os.replace(path + ".tmp", path)

@@ -157,3 +157,21 @@ def test_sweep_cli_prints_commands(capsys, tmp_path):
   code = sweep.main(["--sweep", "experiments/sweeps/fashion_mnist_codes.py", "--workdir",
                      str(tmp_path), "--print_commands", "--config.sed=1"])
   assert code == 2 and "close matches: seed" in capsys.readouterr().err
+
+
+def test_a_resumed_run_reports_its_whole_wall_time(tmp_path):
+  from test_train_support import small_config
+  run_dir = str(tmp_path / "run")
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, "result.json"), "w") as f:  # an earlier, preempted invocation
+    json.dump({"status": "preempted", "step": 1, "seconds": 1000.0}, f)
+  train.train_and_evaluate(small_config(total_steps=2), run_dir, net=TinyNet(), data_module=ArrayData(),
+                           devices=jax.devices()[:1])
+  result = sweep.read_result(run_dir)
+  assert result["status"] == "done"
+  assert 0 < result["seconds_this_invocation"] < 1000
+  assert result["seconds"] == pytest.approx(1000.0 + result["seconds_this_invocation"])
+  # A finished run's time is not carried into a later one.
+  train.train_and_evaluate(small_config(total_steps=2), run_dir, net=TinyNet(), data_module=ArrayData(),
+                           devices=jax.devices()[:1])
+  assert sweep.read_result(run_dir)["seconds"] < 1000
