@@ -238,13 +238,24 @@ def test_every_documented_command_is_run_or_listed(tmp_path):
   assert not stale, f"NOT_RUN_HERE names commands no document shows: {stale}"
 
 
-MAIN = [c for c in RUN_HERE if c.startswith("python -m ge2ms_jax.main")]
+MAIN = [c for c in RUN_HERE if c.startswith(("python -m ge2ms_jax.main", "./scripts/main.sh"))]
+# What ./scripts/main.sh runs, its arguments appended (checked against the script's text below).
+MAIN_SH = "python -m ge2ms_jax.main --config experiments/fashion_mnist.py --workdir workdirs/fashion_mnist --mode all"
+
+
+def _as_main(command: str) -> str:
+  if command.startswith("./scripts/main.sh"):
+    return MAIN_SH + command[len("./scripts/main.sh"):]
+  return command
 SWEEPS = [c for c in RUN_HERE if c.startswith("python -m ge2ms_jax.sweep")]
 
 
 @pytest.mark.parametrize("command", MAIN, ids=_ids(MAIN))
 def test_documented_main_commands_parse_and_build_their_config(command, tmp_path):
   from ge2ms_jax import config_utils, main
+  script = " ".join((ROOT / "scripts" / "main.sh").read_text().replace("\\\n", " ").split())
+  assert "python -m ge2ms_jax.main --config experiments/fashion_mnist.py" in script and "--mode all" in script
+  command = _as_main(command)
   argv, _, _ = quick_form(command, tmp_path)
   args, overrides = main.parse_args(argv[3:])
   config = config_utils.load_config(args.config, overrides)
