@@ -301,8 +301,32 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
   return args, overrides
 
 
+# Errors this package raises for bad input (a config value, a path, data, a checkpoint that does not
+# fit): one line and exit code 2, when the package's own check raised them (see `_raised_here`).
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _raised_here(exc: BaseException) -> bool:
+  """Whether `exc` was raised by this package's own code (its innermost frame is in ge2ms_jax/): a
+  message written for the user, not a fault inside a library, which keeps its traceback."""
+  tb, last = exc.__traceback__, None
+  while tb is not None:
+    last, tb = tb, tb.tb_next
+  package = os.path.dirname(os.path.abspath(__file__))
+  return last is not None and os.path.abspath(last.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+def _error(e: BaseException, code: int) -> int:
+  """Prints `error: <message>` as one line on stderr (the traceback only at DEBUG); returns `code`."""
+  logging.getLogger(__name__).debug("failed", exc_info=e)
+  print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+  return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command line; returns the exit code."""
+  """Runs the command line; returns the exit code: 0, 2 for bad input (a config value, a path, data,
+  a checkpoint that does not fit, a workdir in use), 1 for a run that failed (non-finite values, a
+  corrupt checkpoint, an unwritable workdir). Either error ends in one `error: ...` line on stderr."""
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   from ge2ms_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
@@ -314,24 +338,28 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = config_utils.load_config(args.config, overrides)
   except config_utils.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return _error(e, 2)
   from ge2ms_jax import checkpoint, export, train, workdir_lock  # pylint: disable=g-import-not-at-top
-  # Faults the run already explains in full: a message and an exit code, not a traceback.
-  explained = (checkpoint.WorkdirError, checkpoint.CheckpointCorruptError,
-               checkpoint.CheckpointMismatchError, train.NonFiniteError, export.ExportError)
+  # Faults the run already explains in full: a message and an exit code, not a traceback. A run that
+  # failed (1) and input that does not fit (2).
+  failed = (checkpoint.WorkdirError, checkpoint.CheckpointCorruptError, train.NonFiniteError)
+  misfit = (checkpoint.CheckpointMismatchError, export.ExportError)
   try:
     if _writes_workdir(args):
+      checkpoint.check_workdir(args.workdir)  # An uncreatable workdir is named, not a lock traceback.
       with workdir_lock.hold(args.workdir, config, force=args.force_unlock):
         return MODES[args.mode](config, args.workdir, args)
     return MODES[args.mode](config, args.workdir, args)
   except workdir_lock.WorkdirInUseError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except explained as e:
-    logging.getLogger(__name__).debug("mode %s failed", args.mode, exc_info=True)
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return _error(e, 2)
+  except failed as e:
+    return _error(e, 1)
+  except misfit as e:
+    return _error(e, 2)
+  except USAGE_ERRORS as e:
+    if not _raised_here(e):
+      raise
+    return _error(e, 2)
 
 
 if __name__ == "__main__":

@@ -101,9 +101,16 @@ def prepare(data_dir: str | os.PathLike, builder_cls: type, config_name: str,
         config = make_config()
         builder = builder_cls(data_dir=os.fspath(data_dir), config=config,
                               file_format="array_record")
-        builder.download_and_prepare(file_format="array_record")
+        # TFDS announces every preparation as a download ("Downloading and preparing dataset Unknown
+        # size ..."); nothing is downloaded here, so its wording and bars give way to one line.
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare(file_format="array_record")
         if pathlib.Path(builder.data_dir) != target:
           raise RuntimeError(f"TFDS prepared into {builder.data_dir}, expected {target}.")
+        counts = ", ".join(f"{name} {split.num_examples:,}" for name, split in builder.info.splits.items())
+        log.info("indexed %s (%s images) into %s", getattr(config, "description", "") or config_name,
+                 counts, target)
   return tfds.builder_from_directory(os.fspath(target))
 
 
