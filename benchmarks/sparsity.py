@@ -15,7 +15,8 @@ simulation (`--test_mode spike`; also the sparse candidate, the best tune top-1 
 with the fused path, which counts the same operations and gives the same QANN top-1 in a fifth of
 the time, labelled as not simulated spike by spike): QANN top-1, SNN top-1, agreement, SOPs/MAC,
 spikes per neuron, energy under both presets, and what the row cost (fine-tuning steps and minutes). With `--ship DIR`
-the chosen run is written as an export with its report (training curves, energy, raster) to DIR.
+the sparse candidate (the sparse reference model: chosen on the tune split, like every choice here) is
+written as an export with its report (the test measurement, training curves, energy, raster) to DIR.
 
 Results: `benchmarks/results/sparsity.json` (one entry per dataset; other datasets' entries are kept)
 and `benchmarks/results/pareto.png` (test top-1 against SOPs/MAC, one panel per dataset).
@@ -195,8 +196,8 @@ def main(argv=None) -> int:
         f"{candidate['run'] if candidate else 'none'}")
 
   for row, config, variables, run_dir, overrides in rows:
-    if args.ship and chosen is row:
-      # The chosen run's test evaluation is its report's: measured once, written with the export.
+    if args.ship and candidate is row:
+      # The sparse candidate's test evaluation is its report's: measured once, written with the export.
       test_config = config_utils.load_config(config_spec, {**common_overrides, **overrides,
                                                            "data.eval_split": spec["test_split"]})
       run = train.load_run(test_config, run_dir)
@@ -207,7 +208,8 @@ def main(argv=None) -> int:
       if ship.exists():
         shutil.rmtree(ship)
       export.save(ship, variables, step=run.step, model_config=config.model,
-                  notes=dict(config=config_spec, chosen_on="tune split", test_split=spec["test_split"],
+                  notes=dict(config=config_spec, chosen_on="tune split: best top-1 at or below "
+                             f"{args.target_ratio} SOPs/MAC", test_split=spec["test_split"],
                              overrides={k: str(v) for k, v in {**common_overrides, **overrides}.items()}))
       shutil.copytree(os.path.join(run_dir, "report"), ship / "report")
       row["shipped_to"] = str(ship)

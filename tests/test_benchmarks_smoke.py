@@ -88,7 +88,8 @@ def test_sparsity_benchmark_quick(tmp_path):
   out = tmp_path / "sparsity.json"
   assert _load("sparsity").main(["--dataset", "fashion_mnist", "--sweep", spec, "--config", config,
                                  "--sweep_workdir", str(tmp_path / "sw"), "--max_examples", "32",
-                                 "--ship", str(tmp_path / "ship"), "--out", str(out)]) == 0
+                                 "--ship", str(tmp_path / "ship"), "--target_ratio", "3.0",
+                                 "--out", str(out)]) == 0
   saved = json.loads(out.read_text())["fashion_mnist"]
   labels = [r["label"] for r in saved["rows"]]
   assert labels == ["shipped", "w=0", "w=2"]
@@ -99,6 +100,7 @@ def test_sparsity_benchmark_quick(tmp_path):
   assert [r["steps"] for r in saved["rows"]] == [0, 3, 3]
   # The choice is w=2 when its tune accuracy stays within the tolerance, else none: never w=0.
   assert saved["selected"] in (None, saved["rows"][2]["run"])
-  if saved["selected"]:
-    assert (tmp_path / "ship" / "export.json").exists() and (tmp_path / "ship" / "report" / "report.md").exists()
+  # The sparse candidate (best tune top-1 of the weight > 0 runs at or below the ratio) is shipped.
+  assert saved["candidate"] == saved["rows"][2]["run"] and saved["rows"][2]["shipped_to"] == str(tmp_path / "ship")
+  assert (tmp_path / "ship" / "export.json").exists() and (tmp_path / "ship" / "report" / "report.md").exists()
   assert (tmp_path / "pareto.png").stat().st_size > 0
