@@ -173,6 +173,8 @@ def main(argv=None) -> int:
     variables = _variables(config, run_dir, spec["shipped"])
     weight, target = overrides.get("sparsity.weight"), overrides.get("sparsity.target", 0.0)
     label = "shipped" if run_dir is None else f"w={weight:g}" + (f", target {target:g}" if target else "")
+    if overrides.get("distill.teacher"):
+      label += f", distilled, lr {overrides.get('optax.lr', config.optax.lr):g}"
     row = {"run": name, "label": label, "weight": weight, "target": target,
            "epochs": overrides.get("total_epochs", 0.0),
            "steps": result.get("step", 0), "minutes": result.get("seconds", 0.0) / 60}
