@@ -121,6 +121,11 @@ def plot_pareto(results: dict, path: Path) -> None:
   plt.close(fig)
 
 
+def _text(value) -> str:
+  """An override as typed on the command line (a `CliValue` keeps its text)."""
+  return value.text if isinstance(value, config_utils.CliValue) else str(value)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
@@ -212,7 +217,7 @@ def main(argv=None) -> int:
       export.save(ship, variables, step=run.step, model_config=config.model,
                   notes=dict(config=config_spec, chosen_on="tune split: best top-1 at or below "
                              f"{args.target_ratio} SOPs/MAC", test_split=spec["test_split"],
-                             overrides={k: str(v) for k, v in {**common_overrides, **overrides}.items()}))
+                             overrides={k: _text(v) for k, v in {**common_overrides, **overrides}.items()}))
       shutil.copytree(os.path.join(run_dir, "report"), ship / "report")
       row["shipped_to"] = str(ship)
     else:
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
           f"agreement {row['test']['agreement']:.4f} SOPs/MAC {row['test']['sop_per_mac']:.3f}")
 
   results[args.dataset] = {
-      "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: str(v) for k, v in common_overrides.items()},
+      "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: _text(v) for k, v in common_overrides.items()},
       "test_split": spec["test_split"], "tune_tolerance": args.tolerance, "max_examples": args.max_examples,
       "selection": "fewest tune SOPs/MAC among weight > 0 runs with tune QANN top-1 >= weight-0 run's - tolerance",
       "selected": chosen["run"] if chosen else None, "target_ratio": args.target_ratio,
