@@ -891,8 +891,9 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs)
   finally:
     trainer.close()
   if jax.process_index() == 0:
-    summary = {"status": result.status, "step": result.step, "seconds": earlier + time.time() - start,
-               "seconds_this_invocation": time.time() - start,
+    elapsed = time.time() - start
+    summary = {"status": result.status, "step": result.step, "seconds": earlier + elapsed,
+               "seconds_this_invocation": elapsed,
                **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
                   if result.history else {}),
                **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
