@@ -243,8 +243,8 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
   if spike_aware and not ann_macs:
     raise ValueError("make_update_fn: spike-aware training (config.sparsity) needs ann_macs, the "
                      "network's MACs per image (model.count(config.model)['macs']).")
-  distilling = distill_lib.enabled(config)
   distill = distill_lib.check(config)
+  distilling = bool(distill.teacher)
 
   def update(state: TrainState, batch: Mapping[str, jax.Array], teacher: Any = None):
     if distilling and teacher is None:
@@ -516,21 +516,19 @@ class Trainer:
     update = make_update_fn(self.net, self.tx, self.schedule, config, ann_macs)
     if wrap_update is not None:
       update = wrap_update(update)
-    if distill_lib.enabled(config):
+    in_shardings = (self.state_shardings, self.batch_sharding)
+    distilling = distill_lib.enabled(config)
+    if distilling:
       # The teacher is an argument, not a constant folded into the program, and is laid out like
       # the student's own variables.
       teacher_shardings = {"params": self.state_shardings.params, **self.state_shardings.model_state}
       self.teacher = jax.device_put(initial_variables(config, config.distill.teacher), teacher_shardings)
-      step = jax.jit(update, donate_argnums=(0,),
-                     in_shardings=(self.state_shardings, self.batch_sharding, teacher_shardings),
-                     out_shardings=(self.state_shardings, self.replicated))
-      self.update_fn = lambda state, batch: step(state, batch, self.teacher)
+      in_shardings += (teacher_shardings,)
       _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
                 config.distill.weight, config.distill.temperature)
-    else:
-      self.update_fn = jax.jit(update, donate_argnums=(0,),
-                               in_shardings=(self.state_shardings, self.batch_sharding),
-                               out_shardings=(self.state_shardings, self.replicated))
+    step = jax.jit(update, donate_argnums=(0,), in_shardings=in_shardings,
+                   out_shardings=(self.state_shardings, self.replicated))
+    self.update_fn = (lambda state, batch: step(state, batch, self.teacher)) if distilling else step
     self.eval_fn = jax.jit(make_eval_fn(self.net),
                            in_shardings=(self.state_shardings.params,
                                          self.state_shardings.model_state, self.batch_sharding),
