@@ -157,8 +157,9 @@ def _depthwise_bwd(res, g):
   taps = jnp.asarray([(i, j) for i in range(k) for j in range(k)], jnp.int32)
 
   def tap(carry, ij):
-    window = jax.lax.dynamic_slice(xp, (0, ij[0], ij[1], 0), (n, h, w, c))
-    return carry, jnp.sum((window * g).reshape(-1, c), axis=0, dtype=jnp.float32)
+    zero = jnp.zeros((), ij.dtype)  # one index type, also under jax x64
+    window = jax.lax.dynamic_slice(xp, (zero, ij[0], ij[1], zero), (n, h, w, c))
+    return carry, jnp.sum((window * g).reshape(-1, c), axis=0, dtype=jnp.promote_types(g.dtype, jnp.float32))
 
   # A loop keeps XLA from fusing the k*k reductions into one slow multi-output kernel.
   _, dk = jax.lax.scan(tap, None, taps)
@@ -181,19 +182,38 @@ def _im2col_conv(x: Array, kernel: Array, stride: int) -> Array:
   return y.reshape(x.shape[0], ho, wo, cout)
 
 
-def _conv(x: Array, kernel: Array, stride: int, groups: int, dtype: Any) -> Array:
-  """NHWC convolution with 'same'-style padding over any number of leading batch axes.
+CONV_IMPLS = ("auto", "xla", "cpu")
 
-  Pointwise layers are a 2-D matrix product, dense k x k ones a matrix product over shifted slices,
-  depthwise ones a shifted-slice sum with a hand-written backward pass; all are much faster than
-  XLA's generic convolution on CPU. Other grouped convolutions use `lax.conv_general_dilated`.
+
+def resolve_conv_impl(impl: str) -> str:
+  """The convolution implementation to trace: `"xla"` or `"cpu"` (`"auto"`: "cpu" on the CPU backend,
+  "xla" on GPU and TPU, where `lax.conv_general_dilated` runs the accelerator's convolution kernels
+  and the shifted-slice forms would cost k*k times the activation memory)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"model config: conv_impl={impl!r} is not allowed; choose one of {CONV_IMPLS}.")
+  if impl == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _conv(x: Array, kernel: Array, stride: int, groups: int, dtype: Any, impl: str = "cpu") -> Array:
+  """NHWC convolution `[..., H, W, Cin] * [k, k, Cin/groups, Cout] -> [..., ceil(H/s), ceil(W/s), Cout]`
+  with 'same'-style padding (k // 2 on each side) over any number of leading batch axes.
+
+  `impl="xla"`: `lax.conv_general_dilated` for every layer. `impl="cpu"`: pointwise layers are a 2-D
+  matrix product, dense k x k ones a matrix product over shifted slices, depthwise ones a
+  shifted-slice sum with a hand-written backward pass; all are much faster than XLA's generic
+  convolution on CPU. Other grouped convolutions use `lax.conv_general_dilated` there too.
   """
   k, _, ipg, cout = kernel.shape
   lead = x.shape[:-3]
   x = x.reshape((-1,) + x.shape[-3:]).astype(dtype)
   kernel = kernel.astype(dtype)
   cin = x.shape[-1]
-  if k == 1 and groups == 1:
+  if impl == "xla":
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(k // 2, k // 2)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  elif k == 1 and groups == 1:
     xs = x[:, ::stride, ::stride, :]
     y = (xs.reshape(-1, cin) @ kernel[0, 0]).reshape(xs.shape[:-1] + (cout,))
   elif groups == 1:
@@ -236,6 +256,7 @@ class Synapse(nn.Module):
     use_bias: True in folded modes (BatchNorm folded into a bias).
     first: consumes real-valued input (its operations are MACs).
     mode, dtype: see the module docstring; `dtype` is the compute dtype.
+    conv_impl: "xla" | "cpu" (`resolve_conv_impl`); the parameters are the same under either.
 
   Input `[..., H, W, Cin]` (array, `Coded` or `SpikeTrain`); output `[..., H', W', features]` dense.
   """
@@ -248,6 +269,7 @@ class Synapse(nn.Module):
   mode: str = "qann"
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+  conv_impl: str = "cpu"
 
   @nn.compact
   def __call__(self, x: Any) -> Array:
@@ -257,7 +279,7 @@ class Synapse(nn.Module):
                        f"groups={self.groups}.")
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init, (k, k, cin // self.groups, self.features))
-    op = lambda a, w: _conv(a, w, self.stride, self.groups, self.dtype)  # noqa: E731
+    op = lambda a, w: _conv(a, w, self.stride, self.groups, self.dtype, self.conv_impl)  # noqa: E731
     fan_in = k * k * cin // self.groups
 
     if isinstance(x, sp.SpikeTrain):
@@ -335,7 +357,8 @@ class SynapseBN(nn.Module):
 
   The parameters of the two forms are `{"syn": {"kernel"}, "bn": {"scale", "bias"}}` (+ batch_stats
   `{"bn": {"mean", "var"}}`) and `{"syn": {"kernel", "bias"}}`; `conversion.convert` maps the first to the
-  second.
+  second. With `conv_impl="xla"` the BatchNorm is `flax.linen.BatchNorm` (same variables), the
+  standard one for accelerators; with "cpu" it is this module's `BatchNorm`, faster on CPU.
   """
   features: int
   kernel_size: int = 1
@@ -347,15 +370,19 @@ class SynapseBN(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   zero_init: bool = False  # scale of the BN (gamma) starts at 0: residual branches start as identity
+  conv_impl: str = "cpu"
 
   @nn.compact
   def __call__(self, x: Any, train: bool = False) -> Array:
     folded = self.mode in FOLDED_MODES
     y = Synapse(self.features, self.kernel_size, self.stride, self.groups, use_bias=folded,
-                first=self.first, mode=self.mode, dtype=self.dtype, name="syn")(x)
+                first=self.first, mode=self.mode, dtype=self.dtype, conv_impl=self.conv_impl, name="syn")(x)
     if folded:
       return y
     scale_init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.ones_init()
+    if self.conv_impl == "xla":
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                          dtype=self.dtype, scale_init=scale_init, use_fast_variance=False, name="bn")(y)
     return BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
                      scale_init=scale_init, name="bn")(y, train)
 

@@ -81,6 +81,8 @@ def _adopt_model_config(config, checkpoint: str) -> None:
   if recorded is None:
     return
   before = config_utils.flatten(config.model)
+  # How convolutions are computed is this run's choice (its backend), not the checkpoint's.
+  recorded = {k: v for k, v in recorded.items() if k != "conv_impl"}
   # As overrides, the recorded values get the config's types back (JSON turned tuples into lists).
   config_utils.apply_overrides(config, config_utils.flatten(recorded, "model."))
   changed = config_utils.diff(before, config_utils.flatten(config.model))

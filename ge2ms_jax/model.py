@@ -59,7 +59,9 @@ def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   global, `heads_per_window`, `mlp_ratio`, `attn_shift` = -1 for automatic), and the neurons:
   `neuron` (default `base`, `groups`, `theta_init`, `per_channel`, `method`), `neuron_overrides`
   ("REGEX=BASE,GROUPS;..." on site names such as "stage1/block0/attn_q"), and for the STBP baseline
-  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `decay_input`, `surrogate`, `alpha`, `reset`.
+  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `decay_input`, `surrogate`, `alpha`, `reset`;
+  and `conv_impl` ("auto" | "xla" | "cpu", `layers.resolve_conv_impl`: how convolutions and BatchNorm
+  are computed, not what; a checkpoint loads under any of them).
   """
   if variant not in VARIANTS:
     raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
@@ -93,6 +95,7 @@ def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c.surrogate = "atan"
   c.alpha = 2.0
   c.reset = "soft"
+  c.conv_impl = "auto"
   return c
 
 
@@ -176,6 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if m != attention.GLOBAL and m > max(h, w):
         _fail("window_sizes", config.window_sizes, f"the {h}x{w} grid of this stage takes windows up to "
               f"{max(h, w)} (or 0 for global)")
+  L.resolve_conv_impl(config.get("conv_impl", "auto"))
   neuron_codes(config)
 
 
@@ -205,10 +209,11 @@ class _Parts(nn.Module):
   codes: L.NeuronCodes
   mode: str
   dtype: Any
+  conv_impl: str = "cpu"
 
   def syn(self, features, kernel_size=1, stride=1, groups=1, zero_init=False, first=False, name=None):
     return L.SynapseBN(features, kernel_size, stride, groups, first=first, mode=self.mode,
-                       dtype=self.dtype, zero_init=zero_init, name=name)
+                       dtype=self.dtype, zero_init=zero_init, conv_impl=self.conv_impl, name=name)
 
   def neuron(self, name, scalar_theta=False):
     return L.Neuron(self.codes, self.mode, scalar_theta=scalar_theta, name=name)
@@ -290,7 +295,7 @@ class Stage(_Parts):
   @nn.compact
   def __call__(self, x: Any, train: bool = False) -> Any:
     x = self.neuron("n_down")(self.syn(self.dim, 3, 2, name="down")(x, train))
-    parts = dict(codes=self.codes, mode=self.mode, dtype=self.dtype)
+    parts = dict(codes=self.codes, mode=self.mode, dtype=self.dtype, conv_impl=self.conv_impl)
     for j in range(self.depth):
       if self.kind == "conv":
         x = ConvBlock(**parts, mlp_ratio=self.mlp_ratio, name=f"block{j}")(x, train)
@@ -323,14 +328,15 @@ class Ge2msNet(nn.Module):
       raise TypeError(f"images must be real (float, integer or bool), got dtype {images.dtype}.")
     dtype = jnp.dtype(cfg.dtype)
     codes = neuron_codes(cfg)
-    parts = dict(codes=codes, mode=self.mode, dtype=dtype)
+    conv_impl = L.resolve_conv_impl(cfg.get("conv_impl", "auto"))
+    parts = dict(codes=codes, mode=self.mode, dtype=dtype, conv_impl=conv_impl)
     x = images.astype(dtype)
     if self.mode == "stbp":  # direct encoding: the image is the input current of every step
       x = jnp.broadcast_to(x[None], (codes.default.time_steps,) + x.shape)
 
     large = cfg.image_size > 64
     stem = L.SynapseBN(cfg.stem_channels, 3, 2 if large else 1, first=True, mode=self.mode, dtype=dtype,
-                       name="stem_conv")
+                       conv_impl=conv_impl, name="stem_conv")
     x = L.Neuron(codes, self.mode, name="stem_n")(stem(x, train))
     grids = stage_grids(cfg)
     for i, (kind, dim, depth) in enumerate(zip(cfg.kinds, cfg.dims, cfg.depths)):
@@ -341,7 +347,7 @@ class Ge2msNet(nn.Module):
     # The head is linear, so applying it to each token's spikes and then averaging equals averaging
     # first; this order keeps every synaptic operand binary in the SNN.
     head = L.Synapse(cfg.num_classes, 1, use_bias=True, mode=self.mode, dtype=dtype, name="head",
-                     kernel_init=nn.initializers.zeros_init())
+                     kernel_init=nn.initializers.zeros_init(), conv_impl=conv_impl)
     logits = jnp.mean(head(x).astype(jnp.promote_types(dtype, jnp.float32)), axis=(-3, -2))
     if self.mode == "stbp":
       logits = jnp.mean(logits, axis=0)
