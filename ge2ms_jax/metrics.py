@@ -1,235 +1,143 @@
 """Training metrics: TensorBoard event files, a JSONL log, and a progress line.
 
-TensorBoard's event files are TFRecord files of `tensorflow.Event` protocol buffers. They are written
-here directly (no TensorFlow, no tensorboard package): each record is
-
-    uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
-
-(little-endian), where `data` is an `Event {double wall_time = 1; int64 step = 2; string
-file_version = 3; Summary summary = 5}` and `Summary {repeated Value value = 1}`, `Value {string tag
-= 1; float simple_value = 2}`, encoded by hand in the protobuf wire format. `read_events` reads them
-back (checking both CRCs).
+TensorBoard event files are written with `tensorboardX` (no TensorFlow needed): its `RecordWriter`
+frames and checksums the records, and its `event_pb2`/`summary_pb2` classes are the
+`tensorflow.Event` and `Summary` protocol buffers. Every `MetricWriter.write` becomes one `Event`
+holding all of that step's numeric scalars as `simple_value`s. `read_events` reads a file back,
+checking each record's masked CRC-32C with tensorboardX's `masked_crc32c`. On a terminal the
+progress bar is `tqdm`'s; output that is not a terminal gets one plain line per logged step.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import socket
 import struct
 import sys
 import time
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Mapping, TextIO
 
-# ---------------------------------------------------------------------------------------------
-# CRC-32C (Castagnoli), as TFRecord uses it
-# ---------------------------------------------------------------------------------------------
-def _crc32c_table() -> list[int]:
-  poly = 0x82F63B78  # Reversed Castagnoli polynomial.
-  table = []
-  for n in range(256):
-    c = n
-    for _ in range(8):
-      c = (c >> 1) ^ poly if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C of `data` (e.g. `crc32c(b"123456789") == 0xE3069283`)."""
-  crc = 0xFFFFFFFF
-  table = _CRC_TABLE
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """TFRecord's masked CRC: rotate right by 15 and add a constant."""
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------
-# Protobuf wire format (the few field kinds an Event needs)
-# ---------------------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-  value &= (1 << 64) - 1  # int64 negatives are ten-byte varints.
-  out = bytearray()
-  while True:
-    byte = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(byte | 0x80)
-    else:
-      out.append(byte)
-      return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-  return _varint((field << 3) | wire_type)
-
-
-def _bytes_field(field: int, payload: bytes) -> bytes:
-  return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-  """The serialized `Event` proto with the given scalar summaries (or a file-version header)."""
-  out = _key(1, 1) + struct.pack("<d", wall_time)
-  if step:
-    out += _key(2, 0) + _varint(int(step))
-  if file_version is not None:
-    out += _bytes_field(3, file_version.encode())
-  if scalars:
-    summary = b"".join(
-        _bytes_field(1, _bytes_field(1, tag.encode()) + _key(2, 5) + struct.pack("<f", float(v)))
-        for tag, v in scalars.items())
-    out += _bytes_field(5, summary)
-  return out
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    byte = buf[pos]
-    pos += 1
-    result |= (byte & 0x7F) << shift
-    shift += 7
-    if not byte & 0x80:
-      return result, pos
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-  pos = 0
-  while pos < len(buf):
-    key, pos = _read_varint(buf, pos)
-    field, wire_type = key >> 3, key & 7
-    if wire_type == 0:
-      value, pos = _read_varint(buf, pos)
-    elif wire_type == 1:
-      value, pos = buf[pos:pos + 8], pos + 8
-    elif wire_type == 2:
-      n, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + n], pos + n
-    elif wire_type == 5:
-      value, pos = buf[pos:pos + 4], pos + 4
-    else:
-      raise ValueError(f"unsupported protobuf wire type {wire_type} in field {field}.")
-    yield field, wire_type, value
-
-
-def decode_event(data: bytes) -> dict[str, Any]:
-  """Decodes an `Event` into `{"wall_time", "step", "file_version"?, "scalars": {tag: value}}`."""
-  event: dict[str, Any] = {"wall_time": 0.0, "step": 0, "scalars": {}}
-  for field, _, value in _fields(data):
-    if field == 1:
-      event["wall_time"] = struct.unpack("<d", value)[0]
-    elif field == 2:
-      event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-    elif field == 3:
-      event["file_version"] = value.decode()
-    elif field == 5:
-      for f, _, v in _fields(value):
-        if f != 1:
-          continue
-        tag, simple = None, None
-        for vf, _, vv in _fields(v):
-          if vf == 1:
-            tag = vv.decode()
-          elif vf == 2:
-            simple = struct.unpack("<f", vv)[0]
-        if tag is not None and simple is not None:
-          event["scalars"][tag] = simple
-  return event
-
+import tqdm
+from tensorboardX import record_writer
+from tensorboardX.proto import event_pb2, summary_pb2
 
 # ---------------------------------------------------------------------------------------------
 # Event files
 # ---------------------------------------------------------------------------------------------
-def _record(data: bytes) -> bytes:
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", masked_crc32c(header)) + data
-          + struct.pack("<I", masked_crc32c(data)))
+_FILE_VERSION = "brain.Event:2"
+
+
+def _event_file_path(logdir: str) -> str:
+  name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+  path, n = os.path.join(logdir, name), 0
+  # RecordWriter truncates an existing file, so a second writer started by this process within the
+  # same second gets a numbered name instead of erasing the first one's events.
+  while os.path.exists(path):
+    n += 1
+    path = os.path.join(logdir, f"{name}.{n}")
+  return path
 
 
 class EventFileWriter:
-  """Appends scalar summaries to a TensorBoard event file `events.out.tfevents.<time>.<host>`.
+  """Appends scalar summaries to a TensorBoard event file `events.out.tfevents.<time>.<host>.<pid>`.
+
+  Writes are synchronous (unlike tensorboardX's `FileWriter`, which queues events for a thread), so
+  after `flush` the file holds every event written so far.
 
   Args:
     logdir: the directory (created if missing); point `tensorboard --logdir` at it.
   """
 
   def __init__(self, logdir: str | os.PathLike):
+    logdir = os.fspath(logdir)
     os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-    self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "ab")
-    self._file.write(_record(encode_event(time.time(), file_version="brain.Event:2")))
-    self._file.flush()
+    self.path = _event_file_path(logdir)
+    self._writer: record_writer.RecordWriter | None = record_writer.RecordWriter(self.path)
+    self._write(event_pb2.Event(wall_time=time.time(), file_version=_FILE_VERSION))
+    self._writer.flush()
+
+  def _write(self, event: event_pb2.Event) -> None:
+    self._writer.write(event.SerializeToString())
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     """Writes one event holding `values` (non-finite values are written as they are)."""
-    if values:
-      self._file.write(_record(encode_event(time.time(), step, dict(values))))
+    if not values:
+      return
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
+                                         for tag, v in values.items()])
+    self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def flush(self) -> None:
-    self._file.flush()
+    """Writes buffered events to the file (and syncs it to disk)."""
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
+    """Flushes and closes the file; later calls do nothing."""
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+      self._writer = None
+
+
+def _decode(event: event_pb2.Event) -> dict[str, Any]:
+  decoded: dict[str, Any] = {"wall_time": event.wall_time, "step": event.step, "scalars": {}}
+  what = event.WhichOneof("what")
+  if what == "file_version":
+    decoded["file_version"] = event.file_version
+  elif what == "summary":
+    for value in event.summary.value:
+      if value.WhichOneof("value") == "simple_value":
+        decoded["scalars"][value.tag] = value.simple_value
+  return decoded
 
 
 def read_events(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """Reads an event file back into decoded events, checking both CRCs of every record.
+  """Reads an event file back, checking both CRCs of every record.
+
+  Returns:
+    One dict per event: `{"wall_time", "step", "file_version"?, "scalars": {tag: value}}`, where
+    `scalars` holds the `simple_value` summaries and `file_version` is present on the header event.
 
   Raises:
     ValueError: on a CRC mismatch or a truncated record (naming the byte offset).
   """
-  events = []
   with open(path, "rb") as f:
     data = f.read()
-  pos = 0
+  events, pos = [], 0
+  # A record is: uint64 length | uint32 masked CRC of length | data | uint32 masked CRC of data.
   while pos < len(data):
     if pos + 12 > len(data):
       raise ValueError(f"{path}: truncated record header at byte {pos}.")
     header = data[pos:pos + 8]
     (length,) = struct.unpack("<Q", header)
     (header_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-    if header_crc != masked_crc32c(header):
+    if header_crc != record_writer.masked_crc32c(header):
       raise ValueError(f"{path}: length CRC mismatch at byte {pos}.")
-    body = data[pos + 12:pos + 12 + length]
-    if len(body) != length or pos + 16 + length > len(data):
+    end = pos + 12 + length
+    if end + 4 > len(data):
       raise ValueError(f"{path}: truncated record at byte {pos}.")
-    (body_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
-    if body_crc != masked_crc32c(body):
+    body = data[pos + 12:end]
+    (body_crc,) = struct.unpack("<I", data[end:end + 4])
+    if body_crc != record_writer.masked_crc32c(body):
       raise ValueError(f"{path}: data CRC mismatch at byte {pos}.")
-    events.append(decode_event(body))
-    pos += 16 + length
+    events.append(_decode(event_pb2.Event.FromString(body)))
+    pos = end + 4
   return events
 
 
 # ---------------------------------------------------------------------------------------------
 # Progress
 # ---------------------------------------------------------------------------------------------
-def _duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+def _format_scalars(scalars: Mapping[str, Any] | None) -> list[str]:
+  return [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+          for k, v in (scalars or {}).items()]
 
 
 class Progress:
-  """Step rate, images/s and ETA; a redrawn bar on a terminal, plain lines otherwise.
+  """Step rate, images/s and ETA; a `tqdm` bar on a terminal, plain lines otherwise.
 
   Args:
     total_steps: the step the run ends at.
@@ -247,7 +155,7 @@ class Progress:
     self.interactive = self.stream.isatty() if interactive is None else interactive
     self._start_step = first_step
     self._start_time: float | None = None
-    self._last_len = 0
+    self._bar: tqdm.tqdm | None = None
 
   def rates(self, step: int, now: float | None = None) -> dict[str, float]:
     """`{"steps_per_sec", "images_per_sec", "eta_sec"}` since the first measured step."""
@@ -270,35 +178,44 @@ class Progress:
     Returns:
       The rates at this step (see `rates`).
     """
+    parts = _format_scalars(scalars)
+    started = False
+    if self.interactive and self._bar is None:
+      # Started here, right before `rates` starts its clock, so that tqdm's rate and ETA (an average
+      # since its start: smoothing=0) leave out the first step's compilation as `rates` does and
+      # agree with the images/s shown next to them. mininterval=0 and miniters=1 because updates
+      # come only at logged steps, and each one should be drawn.
+      self._bar = tqdm.tqdm(total=self.total_steps, initial=step, file=self.stream,
+                            postfix=" ".join(parts) or None, smoothing=0, mininterval=0,
+                            miniters=1, dynamic_ncols=True)
+      started = True
     rates = self.rates(step)
-    parts = [f"step {step}/{self.total_steps}"]
-    for k, v in (scalars or {}).items():
-      parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    if rates:
-      parts.append(f"{rates['steps_per_sec']:.2f} it/s")
-      if self.batch_size:
-        parts.append(f"{rates['images_per_sec']:.0f} img/s")
-      parts.append(f"ETA {_duration(rates['eta_sec'])}")
-    if self.interactive:
-      frac = min(1.0, step / max(1, self.total_steps))
-      bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-      line = f"[{bar}] " + " ".join(parts)
-      self.stream.write("\r" + line + " " * max(0, self._last_len - len(line)))
-      self._last_len = len(line)
+    images = f"{rates['images_per_sec']:.0f} img/s" if rates and self.batch_size else None
+    if self._bar is not None:
+      if not started:
+        self._bar.set_postfix_str(" ".join(parts + ([images] if images else [])), refresh=False)
+        self._bar.update(step - self._bar.n)
       if step >= self.total_steps:
-        self.stream.write("\n")
-    elif force:
-      self.stream.write(" ".join(parts) + "\n")
-    self.stream.flush()
+        self._bar.close()
+        self._bar = None
+    elif force and not self.interactive:
+      line = [f"step {step}/{self.total_steps}"] + parts
+      if rates:
+        line.append(f"{rates['steps_per_sec']:.2f} it/s")
+        if images:
+          line.append(images)
+        line.append(f"ETA {tqdm.tqdm.format_interval(rates['eta_sec'])}")
+      self.stream.write(" ".join(line) + "\n")
+      self.stream.flush()
     return rates
 
   def message(self, text: str) -> None:
     """Prints a line without breaking the bar."""
-    if self.interactive and self._last_len:
-      self.stream.write("\n")
-      self._last_len = 0
-    self.stream.write(text + "\n")
-    self.stream.flush()
+    if self._bar is not None:
+      self._bar.write(text, file=self.stream)
+    else:
+      self.stream.write(text + "\n")
+      self.stream.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,11 +251,13 @@ class MetricWriter:
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
 
   def flush(self) -> None:
+    """Writes both outputs' buffers to their files."""
     if self.enabled:
       self._events.flush()
       self._jsonl.flush()
 
   def close(self) -> None:
+    """Closes both files."""
     if self.enabled:
       self._events.close()
       self._jsonl.close()

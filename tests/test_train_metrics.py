@@ -1,18 +1,14 @@
-"""TensorBoard event files without TensorFlow, the JSONL log, and the progress line."""
+"""TensorBoard event files (tensorboardX, no TensorFlow), the JSONL log, and the progress line."""
 
 import io
 import math
 import struct
 
 import pytest
+from tensorboardX import crc32c
+from tensorboardX.proto import event_pb2
 
 from ge2ms_jax import metrics
-
-
-def test_crc32c_known_values():
-  assert metrics.crc32c(b"123456789") == 0xE3069283  # The CRC-32C check value.
-  assert metrics.crc32c(b"") == 0
-  assert metrics.crc32c(bytes(32)) == 0x8A9136AA   # RFC 3720, B.4: 32 bytes of zeros.
 
 
 def test_event_file_round_trip(tmp_path):
@@ -28,42 +24,46 @@ def test_event_file_round_trip(tmp_path):
   assert all(e["wall_time"] > 1e9 for e in events)
 
 
-def test_event_file_is_a_valid_tensorflow_event_proto(tmp_path):
-  """Decodes our bytes with the protobuf library against the tensorflow.Event schema."""
-  descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
-  from google.protobuf import descriptor_pool, message_factory
-  f = descriptor_pb2.FileDescriptorProto(name="event_check.proto", package="tensorflow",
-                                          syntax="proto3")
-  F = descriptor_pb2.FieldDescriptorProto
-  value = f.message_type.add(name="Value")
-  value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-  value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
-  summary = f.message_type.add(name="Summary")
-  summary.field.add(name="value", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED,
-                    type_name=".tensorflow.Value")
-  event = f.message_type.add(name="Event")
-  event.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
-  event.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
-  event.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-  event.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
-                  type_name=".tensorflow.Summary")
-  pool = descriptor_pool.DescriptorPool()
-  pool.Add(f)
-  Event = message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Event"))
+def _masked_crc(data):
+  crc = crc32c.crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
+
+def test_event_file_is_read_by_tensorboardx_protobuf_parser(tmp_path):
+  """Frames the records here and parses them with tensorboardX's `tensorflow.Event` class."""
   writer = metrics.EventFileWriter(tmp_path)
-  writer.scalars(7, {"train/loss": 0.5})
+  writer.scalars(7, {"train/loss": 0.5, "train/lr": 0.25})
+  writer.scalars(8, {"eval/top1": float("nan")})
   writer.close()
   data = open(writer.path, "rb").read()
   records, pos = [], 0
   while pos < len(data):
-    (n,) = struct.unpack("<Q", data[pos:pos + 8])
-    records.append(data[pos + 12:pos + 12 + n])
+    header = data[pos:pos + 8]
+    (n,) = struct.unpack("<Q", header)
+    body = data[pos + 12:pos + 12 + n]
+    assert struct.unpack("<II", data[pos + 8:pos + 12] + data[pos + 12 + n:pos + 16 + n]) == (
+        _masked_crc(header), _masked_crc(body))
+    records.append(event_pb2.Event.FromString(body))
     pos += 16 + n
-  header, scalar = Event.FromString(records[0]), Event.FromString(records[1])
-  assert header.file_version == "brain.Event:2"
-  assert scalar.step == 7 and scalar.summary.value[0].tag == "train/loss"
-  assert scalar.summary.value[0].simple_value == 0.5
+  header, scalar, nan = records
+  assert header.file_version == "brain.Event:2" and header.wall_time > 1e9
+  assert scalar.step == 7
+  assert [(v.tag, v.simple_value) for v in scalar.summary.value] == [("train/loss", 0.5),
+                                                                     ("train/lr", 0.25)]
+  assert nan.step == 8 and math.isnan(nan.summary.value[0].simple_value)
+
+
+def test_writers_started_in_the_same_second_keep_separate_files(tmp_path):
+  first = metrics.EventFileWriter(tmp_path)
+  first.scalars(1, {"x": 1.0})
+  first.flush()
+  second = metrics.EventFileWriter(tmp_path)  # Same host, process and (most likely) second.
+  second.scalars(2, {"x": 2.0})
+  first.close()
+  second.close()
+  assert first.path != second.path
+  assert metrics.read_events(first.path)[1]["scalars"] == {"x": 1.0}
+  assert metrics.read_events(second.path)[1]["scalars"] == {"x": 2.0}
 
 
 def test_corrupt_event_files_are_reported(tmp_path):
@@ -78,6 +78,11 @@ def test_corrupt_event_files_are_reported(tmp_path):
     metrics.read_events(bad)
   bad.write_bytes(bytes(data[:-3]))
   with pytest.raises(ValueError, match="truncated"):
+    metrics.read_events(bad)
+  data = bytearray(open(writer.path, "rb").read())
+  data[0] ^= 0x01  # The header event's length.
+  bad.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="length CRC mismatch at byte 0"):
     metrics.read_events(bad)
 
 
@@ -116,8 +121,26 @@ def test_progress_plain_lines_with_rate_and_eta():
 
 def test_progress_bar_redraws_on_a_terminal():
   out = io.StringIO()
-  progress = metrics.Progress(total_steps=4, stream=out, interactive=True)
+  progress = metrics.Progress(total_steps=4, batch_size=8, stream=out, interactive=True)
   for step in range(1, 5):
     progress.update(step, {"loss": 1.0 / step})
+    if step == 2:
+      progress.message("eval at step 2: top1=0.5")
+  progress.message("done")
   text = out.getvalue()
-  assert text.count("\r") == 4 and text.endswith("\n") and "[####" in text
+  draws = [d for d in text.split("\r") if d.strip()]
+  assert draws[0].startswith(" 25%") and "1/4" in draws[0] and "loss=1" in draws[0]
+  assert "it/s" in draws[-1] and "img/s" in draws[-1] and "loss=0.25" in draws[-1]
+  assert "2/4 [" in draws[1] and "<00:00" in draws[1]  # Step/total and ETA, once a rate is known.
+  # A message clears the bar, takes its own line, and the bar is drawn again below it.
+  assert "\reval at step 2: top1=0.5\n\r" in text
+  last_draw, after = text.rsplit("\r", 1)[1].split("\n", 1)
+  assert "4/4" in last_draw and after == "done\n"  # The finished bar ends its line.
+
+
+def test_progress_plain_lines_ignore_unforced_updates():
+  out = io.StringIO()
+  progress = metrics.Progress(total_steps=4, stream=out, interactive=False)
+  progress.update(1, {"loss": 1.0})
+  progress.message("eval")
+  assert out.getvalue() == "eval\n"
