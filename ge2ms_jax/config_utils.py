@@ -6,7 +6,10 @@ config string; `parse_arg` turns it into a ConfigDict against the defaults the e
 
 Overrides (`--config.optax.lr=1e-3` on the command line, or dicts in a sweep) are applied by
 `apply_overrides`: every key must already exist in the config, and every value must fit the type of
-the value it replaces. Errors name the key, the expected type, and the closest existing keys.
+the value it replaces. ml_collections does the navigation and the type check (dotted-key access,
+`ConfigDict.update_from_flattened_dict` and the type-safe assignment behind it); this module adds
+what it lacks: close-match suggestions over the whole config, the command-line text of a value
+parsed by the type it replaces, and errors that name the key, the expected type and the value.
 """
 
 from __future__ import annotations
@@ -49,17 +52,18 @@ def flatten(config: ConfigDict | Mapping[str, Any], prefix: str = "") -> dict[st
 
 def all_keys(config: ConfigDict) -> list[str]:
   """Every dotted key of `config`, groups (`model`) and leaves (`model.variant`) alike."""
-  keys = []
-  for key, value in config.items():
-    keys.append(key)
-    if isinstance(value, (ConfigDict, dict)):
-      keys.extend(f"{key}.{sub}" for sub in all_keys(ConfigDict(value) if isinstance(value, dict)
-                                                     else value))
-  return keys
+  keys = {}  # A dict, not a set: groups come before their fields, in the config's order.
+  for leaf in flatten(config):
+    parts = leaf.split(".")
+    for i in range(1, len(parts) + 1):
+      keys.setdefault(".".join(parts[:i]))
+  return list(keys)
 
 
 def close_matches(key: str, candidates: Iterable[str], n: int = 5) -> list[str]:
   """The existing keys closest to a misspelt dotted `key` (whole-key and last-part similarity)."""
+  # ConfigDict's own "Did you mean" compares one level's keys only, so it cannot point
+  # `neuron.groups` at `model.neuron.groups`; hence a search over every dotted key.
   candidates = list(candidates)
   found = difflib.get_close_matches(key, candidates, n=n, cutoff=0.6)
   last = key.rsplit(".", 1)[-1]
@@ -93,13 +97,11 @@ def _strip_prefix(key: str) -> str:
 
 def lookup(config: ConfigDict, key: str) -> Any:
   """Returns `config[a][b][c]` for `key = "a.b.c"`, or raises ConfigError with close matches."""
-  node = config
-  parts = _strip_prefix(key).split(".")
-  for i, part in enumerate(parts):
-    if not isinstance(node, (ConfigDict, dict)) or part not in node:
-      raise _unknown_key_error(".".join(parts), config)
-    node = node[part]
-  return node
+  key = _strip_prefix(key)
+  try:
+    return config[key]  # ConfigDict walks a dotted key itself.
+  except (KeyError, TypeError):  # TypeError: a part of the path is a value, not a group.
+    raise _unknown_key_error(key, config) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,13 +111,29 @@ def _type_name(value: Any) -> str:
   return "None" if value is None else type(value).__name__
 
 
+def _wrong_type(key: str, current: Any, value: Any) -> ConfigError:
+  if isinstance(current, (ConfigDict, dict)):
+    return ConfigError(f"config key {key!r} is a group of settings; cannot replace it with "
+                       f"{value!r} of type {_type_name(value)}.")
+  return ConfigError(f"config key {key!r} expects a value of type {_type_name(current)} (its "
+                     f"current value is {current!r}), got {value!r} of type {_type_name(value)}.")
+
+
 def parse_value(text: str, current: Any, key: str) -> Any:
-  """Parses the command-line string `text` as a value of the type of `current`.
+  """Parses the command-line string `text` as a value for a field whose value is `current`.
+
+  Scalars are parsed by the type of `current`; anything else (a tuple, a list, a field that is
+  `None`) is read as a Python literal and left to the config's type-safe assignment to check and
+  convert (list <-> tuple), as `apply_overrides` and `parse_arg` do.
+
+  ml_collections.config_flags parses `--config.a.b=value` by field type too, but only while absl
+  parses the config flag itself, and its parsers differ from what this command line accepts and
+  its tests pin: no `1e3` for an int, no yes/on for a bool, no list or None fields, and its tuple
+  parser turns a bare `2` or `abc` into a 1-tuple where a mistyped tuple should be an error.
 
   Args:
     text: the override as typed, e.g. `"1e-3"`, `"true"`, `"[('data', -1), ('fsdp', 2)]"`.
-    current: the value it replaces; its type decides the parse (`None` or a list/tuple: a Python
-      literal; `str`: the text itself).
+    current: the value it replaces.
     key: the dotted key, for error messages.
 
   Returns:
@@ -160,43 +178,25 @@ def parse_value(text: str, current: Any, key: str) -> Any:
       return text[1:-1]
     return text
   try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError, TypeError):  # TypeError: an unhashable dict key, say.
     if current is None:
       return text  # A None default takes any bare text as a string.
     raise fail(f"a Python literal of type {_type_name(current)}") from None
-  return check_value(value, current, key)
 
 
-def check_value(value: Any, current: Any, key: str) -> Any:
-  """Checks that a Python `value` may replace `current` under `key`, converting where lossless.
-
-  int → float and list ↔ tuple are accepted; `None` may replace anything and anything may replace
-  `None`. Raises ConfigError naming the key and both types otherwise.
-  """
-  if value is None or current is None:
-    return value
-  if isinstance(current, (ConfigDict, dict)):
-    if isinstance(value, (ConfigDict, dict)):
-      return value
-    raise ConfigError(f"config key {key!r} is a group of settings; cannot replace it with "
-                      f"{value!r} of type {_type_name(value)}.")
-  if isinstance(current, bool):
-    if isinstance(value, bool):
-      return value
-  elif isinstance(current, int):
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-  elif isinstance(current, float):
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-  elif isinstance(current, (list, tuple)):
-    if isinstance(value, (list, tuple)):
-      return type(current)(value)
-  elif isinstance(value, type(current)):
-    return value
-  raise ConfigError(f"config key {key!r} expects a value of type {_type_name(current)} (its current "
-                    f"value is {current!r}), got {value!r} of type {_type_name(value)}.")
+def _assign(config: ConfigDict, key: str, current: Any, value: Any) -> None:
+  """Sets the existing dotted `key` to `value` through ConfigDict's type-safe assignment."""
+  # ConfigDict takes True/False for an int or float field (bool subclasses int); a flag where a
+  # number belongs is a mistake, so it is refused here.
+  if isinstance(value, bool) and isinstance(current, (int, float)) and not isinstance(current, bool):
+    raise _wrong_type(key, current, value)
+  try:
+    config.update_from_flattened_dict({key: value})
+  except TypeError:
+    raise _wrong_type(key, current, value) from None
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(f"cannot set config key {key!r} to {value!r}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,10 +206,11 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
   """Applies `{dotted.key: value}` overrides to `config` in place and returns it.
 
   Args:
-    config: the experiment config.
+    config: the experiment config (type-safe, the ConfigDict default: its assignment does the type
+      check, converting int -> float and list <-> tuple; `None` replaces or is replaced by anything).
     overrides: keys like `"optax.lr"` or `"config.optax.lr"`; values either strings from the command
-      line (parsed by the type of the value they replace, see `parse_value`) wrapped in `CliValue`,
-      or Python values (type-checked, see `check_value`).
+      line wrapped in `CliValue` (parsed by the type of the value they replace, see `parse_value`),
+      or Python values.
 
   Returns:
     `config`, modified.
@@ -219,29 +220,12 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
   """
   for raw_key, value in overrides.items():
     key = _strip_prefix(raw_key)
-    parts = key.split(".")
-    try:
-      parent = lookup(config, ".".join(parts[:-1])) if len(parts) > 1 else config
-    except ConfigError:
-      raise _unknown_key_error(key, config) from None
-    if not isinstance(parent, (ConfigDict, dict)) or parts[-1] not in parent:
-      raise _unknown_key_error(key, config)
-    current = parent[parts[-1]]
+    # Looked up first, though update_from_flattened_dict would add a missing leaf to an unlocked
+    # config: a misspelt key must fail, and the value it replaces decides how text parses.
+    current = lookup(config, key)
     if isinstance(value, CliValue):
-      new = parse_value(value.text, current, key)
-    else:
-      new = check_value(value, current, key)
-    try:
-      if isinstance(parent, ConfigDict) and current is not None and new is not None and (
-          type(new) is not type(current)):
-        # ConfigDict refuses to change a field's type (list <-> tuple, say); replace it whole.
-        with parent.unlocked():
-          del parent[parts[-1]]
-          parent[parts[-1]] = new
-      else:
-        parent[parts[-1]] = new
-    except (TypeError, ValueError, AttributeError) as e:
-      raise ConfigError(f"cannot set config key {key!r} to {new!r}: {e}") from None
+      value = parse_value(value.text, current, key)
+    _assign(config, key, current, value)
   return config
 
 
@@ -257,6 +241,10 @@ class CliValue:
 
 def parse_override_flags(argv: Iterable[str]) -> dict[str, CliValue]:
   """Parses `--config.a.b=value` / `--config.a.b value` flags into `{"a.b": CliValue("value")}`.
+
+  config_flags reads these only while absl parses a flag defined for an already loaded config;
+  here they are collected before the config is loaded (and sweeps pass them on), so this only
+  splits them, and `apply_overrides` parses each value once the value it replaces is known.
 
   Raises:
     ConfigError: for a flag that is not of this form, or one without a value.
@@ -320,7 +308,7 @@ def parse_arg(arg: str | None, *, lazy: bool = False, **spec: Any) -> ConfigDict
         out[key] = True
         continue
       raise ConfigError(f"config-string key {key!r} in {arg!r} needs a value: {key}=VALUE.")
-    out[key] = parse_value(text, spec[key], key)
+    _assign(out, key, spec[key], parse_value(text, spec[key], key))
   return out
 
 
