@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=wrong-import-position
@@ -43,7 +42,7 @@ from ge2ms_jax import export  # noqa: E402
 from ge2ms_jax import model as models  # noqa: E402
 from ge2ms_jax import report  # noqa: E402
 from ge2ms_jax import sweep  # noqa: E402
-from ge2ms_jax import train  # noqa: E402
+from ge2ms_jax import loading  # noqa: E402
 
 DATASETS = {
     "fashion_mnist": dict(sweep="experiments/sweeps/fashion_mnist_sparsity.py", test_split="test",
@@ -58,9 +57,8 @@ ROW_FIELDS = ("qann_top1", "snn_top1", "agreement", "sop_per_mac", "sops_per_ima
 
 def _variables(config, run_dir: str | None, shipped: str):
   if run_dir is None:
-    return export.load(shipped, config.model).variables
-  run = train.load_run(config, run_dir)
-  return jax.device_get(evaluation.qann_variables(run.state, config))
+    return loading.load(config, shipped, adopt=False).variables
+  return loading.load(config, workdir=run_dir).variables
 
 
 def _measure(config, variables, split: str, mode: str, max_examples: int | None) -> dict:
@@ -207,7 +205,7 @@ def main(argv=None) -> int:
       # The sparse candidate's test evaluation is its report's: measured once, written with the export.
       test_config = config_utils.load_config(config_spec, {**common_overrides, **overrides,
                                                            "data.eval_split": spec["test_split"]})
-      run = train.load_run(test_config, run_dir)
+      run = loading.load(test_config, workdir=run_dir)
       start = time.time()
       summary = report.write_report(test_config, run_dir, run, max_examples=args.max_examples, mode=args.test_mode)
       row["test"] = {k: summary["metrics"][k] for k in ROW_FIELDS} | {"seconds": time.time() - start}

@@ -108,11 +108,12 @@ def measure(kind: str, t: int, *, variant: str = "tiny", image_shape=(28, 28, 1)
   import numpy as np
   import optax
   from ge2ms_jax import model as models
+  from ge2ms_jax import optim
   from ge2ms_jax import train
 
   config = _config(kind, t, variant, tuple(image_shape), quick)
   net = models.build(config.model)
-  tx = train.make_optimizer(config, optax.constant_schedule(1e-3))
+  tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
   image_spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
   init = train.make_init_fn(net, tx, config, image_spec)
   state = jax.jit(init)(jax.random.key_data(jax.random.key(0)))

@@ -37,7 +37,8 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass
 class LoadedExport:
-  """An exported model loaded for evaluation; mirrors the fields of `train.LoadedRun` the modes use.
+  """The contents of an export directory, checked (`loading.load` gives the model's users a
+  `loading.Loaded`, whatever the path).
 
   Attributes:
     variables: QANN `{"params", "batch_stats"}` as numpy arrays.

@@ -50,69 +50,15 @@ def _train(config, workdir, args) -> int:
   return 0 if result.status in ("done", "preempted") else 1
 
 
-def _recorded_model_config(checkpoint: str) -> dict | None:
-  """The model config stored with a checkpoint: an export's `export.json`, or the `config.json` of
-  the workdir an Orbax checkpoint (`WORKDIR/checkpoints[/STEP]`) belongs to; None if there is none."""
-  from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(checkpoint)
-  if export.is_export(path):
-    files = [os.path.join(path, export.META)]
-  else:
-    files = [os.path.join(d, "config.json") for d in
-             (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)))]
-  for file in files:
-    try:
-      with open(file) as f:
-        recorded = json.load(f).get("model")
-    except (OSError, ValueError, AttributeError):
-      continue
-    if isinstance(recorded, dict):
-      return recorded
-  return None
-
-
-def _adopt_model_config(config, checkpoint: str) -> None:
-  """Gives `config.model` the architecture the checkpoint was trained with.
-
-  A checkpoint's arrays fit only its own network, so `--config experiments/cifar10.py` (variant `s`)
-  evaluates a `tiny` checkpoint as `tiny` instead of failing on the first mismatched shape.
-  """
-  recorded = _recorded_model_config(checkpoint)
-  if recorded is None:
-    return
-  before = config_utils.flatten(config.model)
-  # How convolutions are computed is this run's choice (its backend), not the checkpoint's.
-  recorded = {k: v for k, v in recorded.items() if k != "conv_impl"}
-  # As overrides, the recorded values get the config's types back (JSON turned tuples into lists).
-  config_utils.apply_overrides(config, config_utils.flatten(recorded, "model."))
-  changed = config_utils.diff(before, config_utils.flatten(config.model))
-  if changed:
-    logging.getLogger("ge2ms_jax.main").info(
-        "using the model config recorded with %s (variant %r; differs from --config in %s)",
-        checkpoint, config.model.variant, ", ".join(changed))
-
-
 def _load(config, workdir, args):
-  """The checkpoint to read: `--checkpoint` (Orbax checkpoint or export directory) or the workdir's.
-
-  With `--checkpoint`, `config.model` becomes the model config recorded with it (if any)."""
-  from ge2ms_jax import export, train  # pylint: disable=g-import-not-at-top
+  """The model to read: `--checkpoint` (an export, a workdir, an Orbax checkpoint or step folder;
+  `config.model` becomes the architecture recorded with it) or the workdir's newest checkpoint."""
+  from ge2ms_jax import loading  # pylint: disable=g-import-not-at-top
   if workdir is None and args.checkpoint is None:
     raise SystemExit(f"error: --mode {args.mode} needs --workdir (its newest checkpoint) or --checkpoint PATH.")
   if args.checkpoint is not None:
-    _adopt_model_config(config, args.checkpoint)
-    if export.is_export(args.checkpoint):
-      return export.load(args.checkpoint, config.model)
-  return train.load_run(config, workdir if args.checkpoint is None else None, args.checkpoint,
-                        eval_data=args.eval_data)
-
-
-def _variables(config, run):
-  import jax  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import evaluation, export  # pylint: disable=g-import-not-at-top
-  if isinstance(run, export.LoadedExport):
-    return run.variables
-  return jax.device_get(evaluation.qann_variables(run.state, config))
+    return loading.load(config, args.checkpoint)
+  return loading.load(config, workdir=workdir)
 
 
 def _export_dir(workdir, args) -> str:
@@ -123,9 +69,9 @@ def _export_dir(workdir, args) -> str:
   return os.path.join(workdir, "export")
 
 
-def _write_export(config, run, directory, args):
+def _write_export(config, loaded, directory, args):
   from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
-  return export.save(directory, _variables(config, run), step=run.step, model_config=config.model,
+  return export.save(directory, loaded.variables, step=loaded.step, model_config=config.model,
                      notes=dict(config=args.config))
 
 
@@ -133,9 +79,9 @@ def _write_export(config, run, directory, args):
 def _export(config, workdir, args) -> int:
   """Writes the QANN variables of a checkpoint (no optimizer state) as a small export directory."""
   from ge2ms_jax import export  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  out = _write_export(config, run, _export_dir(workdir, args), args)
-  print(f"exported step {run.step} to {out} ({(out / export.VARIABLES).stat().st_size / 2**20:.2f} MiB)")
+  loaded = _load(config, workdir, args)
+  out = _write_export(config, loaded, _export_dir(workdir, args), args)
+  print(f"exported step {loaded.step} to {out} ({(out / export.VARIABLES).stat().st_size / 2**20:.2f} MiB)")
   return 0
 
 
@@ -154,13 +100,13 @@ def _first_batch(config, args, batch_size: int):
 def _evaluate(config, workdir, args) -> int:
   """QANN and converted SNN on the eval split (or --eval_data); the last line printed is JSON."""
   from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  result = evaluation.evaluate_snn(config, _variables(config, run), eval_data=args.eval_data,
+  loaded = _load(config, workdir, args)
+  result = evaluation.evaluate_snn(config, loaded.variables, eval_data=args.eval_data,
                                    max_examples=args.max_examples, mode=args.snn_mode)
-  metrics = {"checkpoint_step": run.step, **result.metrics}
+  metrics = {"checkpoint_step": loaded.step, **result.metrics}
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, f"evaluate_{run.step}.json"), "w") as f:
+    with open(os.path.join(workdir, f"evaluate_{loaded.step}.json"), "w") as f:
       json.dump(metrics, f, indent=1)
   print(evaluation.summary_line(metrics))
   return 0
@@ -171,15 +117,15 @@ def _convert(config, workdir, args) -> int:
   """Converts the newest (or --checkpoint) QANN and writes `<workdir>/snn/` (params + model config)."""
   import flax.serialization  # pylint: disable=g-import-not-at-top
   from ge2ms_jax import conversion  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  converted = conversion.convert(_variables(config, run), config.model)
+  loaded = _load(config, workdir, args)
+  converted = conversion.convert(loaded.variables, config.model)
   out = os.path.join(workdir or os.path.dirname(os.path.abspath(args.checkpoint)), "snn")
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "snn_params.msgpack"), "wb") as f:
     f.write(flax.serialization.to_bytes(converted))
   with open(os.path.join(out, "model_config.json"), "w") as f:
     f.write(config.model.to_json(indent=1))
-  print(f"converted step {run.step}: {len(conversion.neuron_sites(converted))} neuron sites, BatchNorm "
+  print(f"converted step {loaded.step}: {len(conversion.neuron_sites(converted))} neuron sites, BatchNorm "
         f"folded; wrote {out}")
   return 0
 
@@ -188,15 +134,15 @@ def _convert(config, workdir, args) -> int:
 def _energy(config, workdir, args) -> int:
   """Per-layer energy of the SNN on the eval split: table, JSON and PNG in `<workdir>/energy/`."""
   from ge2ms_jax import evaluation  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  result = evaluation.evaluate_snn(config, _variables(config, run), eval_data=args.eval_data,
+  loaded = _load(config, workdir, args)
+  result = evaluation.evaluate_snn(config, loaded.variables, eval_data=args.eval_data,
                                    max_examples=args.max_examples or 512, mode=args.snn_mode)
   print(result.energy.format_table())
   if workdir is not None:
     out = os.path.join(workdir, "energy")
     os.makedirs(out, exist_ok=True)
-    result.energy.save_json(os.path.join(out, f"energy_{run.step}.json"))
-    result.energy.plot(os.path.join(out, f"energy_{run.step}.png"))
+    result.energy.save_json(os.path.join(out, f"energy_{loaded.step}.json"))
+    result.energy.plot(os.path.join(out, f"energy_{loaded.step}.png"))
   print(evaluation.summary_line(result.metrics))
   return 0
 
@@ -205,8 +151,8 @@ def _energy(config, workdir, args) -> int:
 def _verify(config, workdir, args) -> int:
   """QANN and SNN side by side on one eval batch: the max difference at every neuron site."""
   from ge2ms_jax import conversion, snn  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  variables = _variables(config, run)
+  loaded = _load(config, workdir, args)
+  variables = loaded.variables
   images = _first_batch(config, args, args.max_examples or 16)
   rows = snn.verify(variables, conversion.convert(variables, config.model), images, config=config.model,
                     mode=args.snn_mode)
@@ -218,8 +164,8 @@ def _verify(config, workdir, args) -> int:
 def _plan(config, workdir, args) -> int:
   """Chooses per-site (base, groups) at fixed levels from measured spikes; prints the override."""
   from ge2ms_jax import conversion, planning  # pylint: disable=g-import-not-at-top
-  run = _load(config, workdir, args)
-  variables = _variables(config, run)
+  loaded = _load(config, workdir, args)
+  variables = loaded.variables
   images = _first_batch(config, args, args.max_examples or 64)
   plan = planning.plan_codes(config.model, conversion.convert(variables, config.model), images,
                              max_steps=args.max_steps)
@@ -234,7 +180,7 @@ def _plan(config, workdir, args) -> int:
 def _all(config, workdir, args) -> int:
   """The main job: train (or resume), convert, simulate the SNN, evaluate, and write the report."""
   import jax  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import report, train  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import loading, report, train  # pylint: disable=g-import-not-at-top
   if workdir is None:
     raise SystemExit("error: --mode all needs --workdir.")
   result = train.train_and_evaluate(config, workdir)
@@ -243,9 +189,9 @@ def _all(config, workdir, args) -> int:
     return 1
   if jax.process_index() != 0:
     return 0
-  run = train.load_run(config, workdir)
-  exported = _write_export(config, run, os.path.join(workdir, "export"), args)
-  summary = report.write_report(config, workdir, run, max_examples=args.max_examples, mode=args.snn_mode)
+  loaded = loading.load(config, workdir=workdir)
+  exported = _write_export(config, loaded, os.path.join(workdir, "export"), args)
+  summary = report.write_report(config, workdir, loaded, max_examples=args.max_examples, mode=args.snn_mode)
   print(report.format_summary(summary))
   print(f"export                {exported}  (QANN variables only; --checkpoint accepts it)")
   return 0

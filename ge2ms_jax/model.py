@@ -21,6 +21,7 @@ reports parameters and MACs per image without allocating.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -357,8 +358,12 @@ class Ge2msNet(nn.Module):
 def build(config: ml_collections.ConfigDict, mode: str = "qann") -> Ge2msNet:
   """Validates a model config and returns the network module.
 
+  The module holds the config frozen (`ml_collections.FrozenConfigDict`), and one network is built
+  per (config, mode): later changes to `config` do not reach a built network, and building the same
+  network again costs a dictionary lookup.
+
   Args:
-    config: `config.model` of an experiment (see `default_config`).
+    config: `config.model` of an experiment (see `default_config`), mutable or frozen.
     mode: "qann" | "fused" | "spike" | "stbp"; an STBP config (`neuron_kind` "if"/"lif") always builds
       in "stbp" mode.
 
@@ -366,6 +371,12 @@ def build(config: ml_collections.ConfigDict, mode: str = "qann") -> Ge2msNet:
     a `Ge2msNet`: `net.init({"params": rng}, images, train=False)`,
     `net.apply(variables, images, train=True, mutable=["batch_stats"])`.
   """
+  frozen = config if isinstance(config, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(config)
+  return _build(frozen, mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _build(config: ml_collections.FrozenConfigDict, mode: str) -> Ge2msNet:
   validate(config)
   if config.get("neuron_kind", "expg") != "expg":
     if mode not in ("qann", "stbp"):

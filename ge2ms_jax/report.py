@@ -173,9 +173,9 @@ def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) 
   return "\n".join(lines)
 
 
-def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
+def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *,
                  max_examples: int | None = None, mode: str = "spike") -> dict[str, Any]:
-  """Evaluates a loaded run (`train.load_run`) and writes `<workdir>/report/`; returns the summary.
+  """Evaluates a loaded model (`loading.load`) and writes `<workdir>/report/`; returns the summary.
 
   The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `latency`
   (`model.latency`), `energy` (`EnergyReport.to_json`), `verify`, `raster_sites` and `files`. Every
@@ -183,8 +183,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
   """
   out_dir = os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
-  variables = evaluation.qann_variables(run.state, config)
-  variables = jax.device_get(variables)
+  variables = loaded.variables
   result = evaluation.evaluate_snn(config, variables, max_examples=max_examples, mode=mode)
   from ge2ms_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   it = data_lib.build_iterator(config, split=result.metrics["eval_data"], global_batch_size=8, sharding=None,
@@ -203,7 +202,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, run: Any, *,
   raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
-      "checkpoint": os.path.join(workdir, "checkpoints", str(run.step)), "step": run.step,
+      "checkpoint": os.path.join(workdir, "checkpoints", str(loaded.step)), "step": loaded.step,
       "metrics": result.metrics, "latency": models.latency(config.model), "energy": result.energy.to_json(),
       "verify": rows, "raster_sites": raster_sites,
       "files": {k: os.path.join(out_dir, f) for k, f in (("json", "report.json"), ("markdown", "report.md"),

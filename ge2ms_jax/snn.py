@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from typing import Any, Mapping
 
@@ -110,13 +109,14 @@ class SimResult:
             "layers": [dataclasses.asdict(s) | {"firing_rate": s.firing_rate} for s in self.layers]}
 
 
-def _config_key(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), sort_keys=True, default=str)
+def _frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config
+  return ml_collections.FrozenConfigDict(config)
 
 
 @functools.lru_cache(maxsize=16)
-def _apply_fn(config_json: str, mode: str, stats: bool = True):
-  config = ml_collections.ConfigDict(json.loads(config_json))
+def _apply_fn(config: ml_collections.FrozenConfigDict, mode: str, stats: bool = True):
   net = models.build(config, mode=mode)
 
   @jax.jit
@@ -208,7 +208,7 @@ def simulate(snn_variables: Mapping[str, Any], images: Array, mode: str = "spike
   if mode == "spike" and not stats:
     raise ValueError("simulate: spike mode always collects statistics, since they carry the "
                      "multiplication-free check; use mode='fused' for outputs alone.")
-  logits, collected = _apply_fn(_config_key(config), mode, stats)(snn_variables, images)
+  logits, collected = _apply_fn(_frozen(config), mode, stats)(snn_variables, images)
   return SimResult(logits=logits, layers=collect_stats(collected), num_images=int(images.shape[0]),
                    mode=mode)
 

@@ -19,14 +19,12 @@ docs/reliability.md). The model is built by `model.build(config.model)`, the inp
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
-import re
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -38,16 +36,14 @@ import optax
 from ge2ms_jax import checkpoint as ckpt_lib
 from ge2ms_jax import config_utils
 from ge2ms_jax import metrics as metrics_lib
+from ge2ms_jax import optim
 from ge2ms_jax import sharding as sharding_lib
 from ge2ms_jax import distill as distill_lib
+from ge2ms_jax import loading
 from ge2ms_jax import sparsity as sparsity_lib
 from ge2ms_jax import workdir_lock
 
 _log = logging.getLogger(__name__)
-
-# Parameters that take no weight decay: biases, BatchNorm scales, neuron thresholds.
-DEFAULT_WD_EXCLUDE = (r"(^|/)bias$", r"(^|/)scale$", r"theta", r"threshold")
-
 
 def base_config() -> ml_collections.ConfigDict:
   """The trainer's part of an experiment config, with defaults; experiments add model and data."""
@@ -66,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optax.momentum = 0.9       # sgd only.
   c.optax.nesterov = False     # sgd only.
   c.optax.wd = 0.05            # Decoupled for adamw, L2 added to the gradient for sgd.
-  c.optax.wd_exclude = list(DEFAULT_WD_EXCLUDE)
+  c.optax.wd_exclude = list(optim.DEFAULT_WD_EXCLUDE)
   c.optax.clip_norm = 1.0      # Global-norm clipping; 0 disables.
   c.optax.grad_accum_steps = 1
   c.optax.ema_decay = 0.0      # 0 disables the EMA of the parameters.
@@ -152,69 +148,6 @@ class TrainResult:
   state: TrainState
   history: list[dict[str, float]]   # The logged training metrics, one dict per logged step.
   evals: list[dict[str, float]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer pieces (pure functions of the config)
-# ---------------------------------------------------------------------------------------------
-def make_schedule(config: ml_collections.ConfigDict, total_updates: int,
-                  updates_per_epoch: float) -> optax.Schedule:
-  """Learning-rate schedule over optimizer updates: linear warm-up, then cosine/linear/constant.
-
-  Args:
-    config: the experiment config (`optax.lr`, `schedule.*`).
-    total_updates: the number of optimizer updates of the run (steps / accumulation).
-    updates_per_epoch: optimizer updates per epoch, for `schedule.warmup_epochs`.
-  """
-  sc, peak = config.schedule, config.optax.lr
-  warmup = int(sc.warmup_steps or round(sc.warmup_epochs * updates_per_epoch))
-  if warmup > total_updates:
-    raise ValueError(f"schedule warm-up of {warmup} updates exceeds the run's {total_updates} "
-                     "updates; shorten schedule.warmup_steps / warmup_epochs.")
-  end = peak * sc.min_lr_ratio
-  rest = max(1, total_updates - warmup)
-  if sc.decay_type == "cosine":
-    decay = optax.cosine_decay_schedule(peak, rest, alpha=sc.min_lr_ratio)
-  elif sc.decay_type == "linear":
-    decay = optax.linear_schedule(peak, end, rest)
-  elif sc.decay_type == "constant":
-    decay = optax.constant_schedule(peak)
-  else:
-    raise ValueError(f"schedule.decay_type={sc.decay_type!r}; use 'cosine', 'linear' or 'constant'.")
-  if not warmup:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
-
-
-def weight_decay_mask(params: Any, exclude: Any) -> Any:
-  """Pytree of bools: True where weight decay applies (the path matches none of `exclude`)."""
-  regexes = [re.compile(p) for p in exclude]
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(r.search(sharding_lib.path_str(path)) for r in regexes), params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
-                   ) -> optax.GradientTransformation:
-  """Clipping → AdamW or SGD+momentum with masked weight decay, wrapped for accumulation."""
-  o = config.optax
-  mask = functools.partial(weight_decay_mask, exclude=tuple(o.wd_exclude))
-  parts = []
-  if o.clip_norm and o.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(o.clip_norm))
-  if o.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.wd, mask=mask))
-  elif o.name == "sgd":
-    if o.wd:
-      parts.append(optax.add_decayed_weights(o.wd, mask=mask))
-    parts.append(optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
-  else:
-    raise ValueError(f"optax.name={o.name!r}; use 'adamw' or 'sgd'.")
-  tx = optax.chain(*parts)
-  if o.grad_accum_steps < 1:
-    raise ValueError(f"optax.grad_accum_steps must be >= 1, got {o.grad_accum_steps}.")
-  if o.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum_steps)
-  return tx
 
 
 def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -480,9 +413,9 @@ class Trainer:
     self.net = net if net is not None else _default_net(config)
     accum = config.optax.grad_accum_steps
     total_updates = max(1, self.total_steps // max(1, accum))
-    self.schedule = make_schedule(config, total_updates, self.steps_per_epoch / max(1, accum)
+    self.schedule = optim.make_schedule(config, total_updates, self.steps_per_epoch / max(1, accum)
                                   if math.isfinite(self.steps_per_epoch) else 0.0)
-    self.tx = make_optimizer(config, self.schedule)
+    self.tx = optim.make_optimizer(config, self.schedule)
 
     image = self.batch_spec["image"]  # Initialized with one example: shapes are all it needs.
     init = make_init_fn(self.net, self.tx, config,
@@ -522,7 +455,8 @@ class Trainer:
       # The teacher is an argument, not a constant folded into the program, and is laid out like
       # the student's own variables.
       teacher_shardings = {"params": self.state_shardings.params, **self.state_shardings.model_state}
-      self.teacher = jax.device_put(initial_variables(config, config.distill.teacher), teacher_shardings)
+      teacher = loading.load(config, config.distill.teacher, adopt=False, what="config.distill.teacher")
+      self.teacher = jax.device_put(teacher.variables, teacher_shardings)
       in_shardings += (teacher_shardings,)
       _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
                 config.distill.weight, config.distill.temperature)
@@ -557,7 +491,7 @@ class Trainer:
   def _initialize_from(self, path: str) -> TrainState:
     """The fresh state with its parameters and BatchNorm statistics from a trained model (fine-tuning:
     the optimizer, step and EMA start anew)."""
-    variables = initial_variables(self.config, path)
+    variables = loading.load(self.config, path, adopt=False, what="config.init_from").variables
     params, model_state = _split_variables(variables)
     params = jax.device_put(params, self.state_shardings.params)
     model_state = jax.device_put(dict(model_state), self.state_shardings.model_state)
@@ -754,111 +688,6 @@ def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.Confi
     out[f"loss{suffix}"] = float(totals["loss_sum"]) / max(count, 1.0)
     out["num_examples"] = count
   return out
-
-
-@dataclasses.dataclass
-class LoadedRun:
-  """A trained model restored from a checkpoint, placed on a mesh (for evaluate/convert modes).
-
-  Attributes:
-    net: the Flax module.
-    state: the full `TrainState` (use `.params`, `.model_state`, `.ema_params`).
-    step: the checkpoint's step.
-    mesh, batch_sharding: where it lives and how batches are split.
-    eval_fn: the jitted `(params, model_state, batch) -> sums` of `make_eval_fn`.
-  """
-  net: Any
-  state: TrainState
-  step: int
-  mesh: jax.sharding.Mesh
-  batch_sharding: Any
-  eval_fn: Callable
-
-
-def load_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None,
-             checkpoint: str | os.PathLike | None = None, *, net=None, data_module=None,
-             devices=None, eval_data: str | None = None) -> LoadedRun:
-  """Restores the newest checkpoint of `workdir` (or the named `checkpoint`) onto this mesh.
-
-  Args:
-    config: the run's config (model, optimizer structure, mesh, sharding rules).
-    workdir: a training workdir; its `checkpoints/` is searched for the newest readable step.
-    checkpoint: instead, a checkpoint directory or one step folder (`.../checkpoints/1200`).
-    net, data_module, devices: as for `Trainer`.
-    eval_data: the data the run will be evaluated on instead of the configured dataset (see
-      `data.build_iterator`); the input shape is read from it, so the training data need not exist.
-
-  Raises:
-    FileNotFoundError: when there is no checkpoint to load.
-  """
-  if checkpoint is None and workdir is None:
-    raise ValueError("load_run needs a workdir or a checkpoint path.")
-  directory, step = ckpt_lib.split_checkpoint_path(
-      checkpoint if checkpoint is not None else os.path.join(workdir, "checkpoints"))
-  data_module = data_module if data_module is not None else _default_data_module()
-  net = net if net is not None else _default_net(config)
-  mesh = sharding_lib.make_mesh(config.mesh, devices)
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  info = data_module.dataset_info(config, eval_data=eval_data)
-  image_spec = jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)
-  # The optimizer only shapes the state's structure here; the schedule's values do not matter.
-  tx = make_optimizer(config, optax.constant_schedule(config.optax.lr))
-  init = make_init_fn(net, tx, config, image_spec)
-  shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(config.seed)))
-  shardings = sharding_lib.infer_shardings(shapes, mesh, config.sharding_rules)
-  checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=None, async_save=False)
-  try:
-    restored = checkpointer.restore(sharding_lib.abstract(shapes, shardings), step)
-  finally:
-    checkpointer.close()
-  eval_fn = jax.jit(make_eval_fn(net), in_shardings=(shardings.params, shardings.model_state,
-                                                     batch_sharding),
-                    out_shardings=sharding_lib.replicated(mesh))
-  _log.info("loaded step %d from %s", restored.step, directory)
-  return LoadedRun(net=net, state=restored.state, step=restored.step, mesh=mesh,
-                   batch_sharding=batch_sharding, eval_fn=eval_fn)
-
-
-def initial_variables(config: ml_collections.ConfigDict, path: str | os.PathLike) -> dict:
-  """QANN variables `{"params", "batch_stats"}` to fine-tune from.
-
-  Args:
-    config: the run's config (its model must be the one the variables were trained with).
-    path: an export directory, an Orbax checkpoint directory or step folder, or a training workdir
-      (its newest checkpoint).
-
-  Raises:
-    FileNotFoundError: naming `path` when it does not exist; `export.ExportError` for an export that
-      does not fit `config.model`.
-  """
-  from ge2ms_jax import evaluation, export  # pylint: disable=g-import-not-at-top
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config.init_from={path!r} does not exist; give an export directory, "
-                            "an Orbax checkpoint (step folder) or a training workdir.")
-  if export.is_export(path):
-    return dict(export.load(path, config.model).variables)
-  workdir_ckpts = os.path.join(path, "checkpoints")
-  run = load_run(config, checkpoint=workdir_ckpts if os.path.isdir(workdir_ckpts) else path)
-  return jax.device_get(evaluation.qann_variables(run.state, config))
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                        checkpoint: str | os.PathLike | None = None, **kwargs) -> dict[str, float]:
-  """Evaluates a checkpoint (the workdir's newest by default) on the eval split; writes
-  `<workdir>/eval_<step>.json` and returns `{"step", "top1", "loss", ...}`."""
-  data_module = kwargs.pop("data_module", None) or _default_data_module()
-  run = load_run(config, workdir if checkpoint is None else None, checkpoint,
-                 data_module=data_module, **kwargs)
-  sharding_lib.check_batch_size(config.evals.batch_size, run.mesh, "evals.batch_size")
-  with jax.set_mesh(run.mesh):
-    result = {"step": run.step, **evaluate_params(run.eval_fn, data_module, config,
-                                                  run.batch_sharding, run.state)}
-  if jax.process_index() == 0 and workdir is not None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, f"eval_{run.step}.json"), "w") as f:
-      json.dump(result, f, indent=2)
-  return result
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:

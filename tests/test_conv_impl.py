@@ -123,12 +123,13 @@ def test_converted_snn_agrees_in_spike_mode():
 
 
 def test_a_checkpoint_adopts_its_architecture_but_not_its_conv_impl(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
   import json  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import main  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import loading  # pylint: disable=g-import-not-at-top
   recorded = _small("cpu").to_dict()
   recorded["head_dim"] = 4
   (tmp_path / "config.json").write_text(json.dumps({"model": recorded}))
   config = config_utils.load_config("experiments/fashion_mnist.py", {"model.conv_impl": "xla"})
-  main._adopt_model_config(config, str(tmp_path))
+  assert "head_dim" in loading.adopt_model_config(config, loading.resolve(tmp_path))
   assert config.model.head_dim == 4
   assert config.model.conv_impl == "xla"

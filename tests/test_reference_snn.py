@@ -22,8 +22,7 @@ import pytest
 
 from ge2ms_jax import config_utils
 from ge2ms_jax import conversion
-from ge2ms_jax import export
-from ge2ms_jax import main
+from ge2ms_jax import loading
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
 from ge2ms_jax import snn
@@ -103,10 +102,10 @@ class Shipped:
     spec = SHIPPED[name]
     self.name = name
     self.config = config_utils.load_config(spec["spec"])
-    main._adopt_model_config(self.config, str(spec["export"]))  # noqa: SLF001 (the CLI's adoption rule)
+    # The command line's loading, adoption of the recorded architecture included.
+    self.variables = loading.load(self.config, str(spec["export"])).variables
     self.model = self.config.model
     self.images = _images(name, self.config)
-    self.variables = export.load(spec["export"], self.model).variables
     # check=False: the conversion's operation audit is tested elsewhere and costs a QANN trace here.
     self.snn32 = conversion.convert(self.variables, self.model, check=False)
     self.logits32, self.spikes32 = _capture(self.model, self.snn32, jnp.asarray(self.images))

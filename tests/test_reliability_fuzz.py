@@ -35,6 +35,7 @@ from ge2ms_jax import config_utils
 from ge2ms_jax import data
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
+from ge2ms_jax import optim
 from ge2ms_jax import train
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(ge2ms_jax.__file__))
@@ -101,9 +102,9 @@ def _model_and_trainer_checks(config):
   size, ch = config.model.image_size, config.model.in_channels
   jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, size, size, ch)), train=False))
   total, per_epoch = train.run_length(config, None) if config.total_steps > 0 else (100, 10.0)
-  schedule = train.make_schedule(config, max(1, total // max(1, config.optax.grad_accum_steps)),
+  schedule = optim.make_schedule(config, max(1, total // max(1, config.optax.grad_accum_steps)),
                                  per_epoch)
-  train.make_optimizer(config, schedule)
+  optim.make_optimizer(config, schedule)
   train.nan_policy(config)
 
 

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from ge2ms_jax import metrics as metrics_lib
+from ge2ms_jax import optim
 from ge2ms_jax import sharding as sharding_lib
 from ge2ms_jax import train
 from test_train_support import ArrayData, TinyNet, leaves_equal, small_config
@@ -213,14 +214,14 @@ def test_non_finite_loss_stops_the_run(tmp_path):
 def test_weight_decay_mask_skips_bias_scale_and_thresholds():
   params = {"conv": {"kernel": 1, "bias": 1}, "bn": {"scale": 1, "bias": 1},
             "neuron": {"theta": 1}, "head": {"kernel": 1}}
-  mask = train.weight_decay_mask(params, train.DEFAULT_WD_EXCLUDE)
+  mask = optim.weight_decay_mask(params, optim.DEFAULT_WD_EXCLUDE)
   assert mask == {"conv": {"kernel": True, "bias": False}, "bn": {"scale": False, "bias": False},
                   "neuron": {"theta": False}, "head": {"kernel": True}}
 
 
 def test_adamw_decays_only_masked_params():
   config = small_config(**{"optax.wd": 0.5, "optax.clip_norm": 0.0})
-  tx = train.make_optimizer(config, optax.constant_schedule(0.1))
+  tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
   params = {"w": {"kernel": jnp.ones(3)}, "b": {"bias": jnp.ones(3)}}
   zero = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero, tx.init(params), params)
@@ -231,7 +232,7 @@ def test_adamw_decays_only_masked_params():
 def test_sgd_with_momentum_and_l2():
   config = small_config(**{"optax.name": "sgd", "optax.wd": 0.1, "optax.momentum": 0.9,
                            "optax.clip_norm": 0.0})
-  tx = train.make_optimizer(config, optax.constant_schedule(1.0))
+  tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
   params = {"kernel": jnp.array([2.0])}
   grads = {"kernel": jnp.array([1.0])}
   state = tx.init(params)
@@ -244,7 +245,7 @@ def test_sgd_with_momentum_and_l2():
 def test_clipping_bounds_the_global_norm():
   config = small_config(**{"optax.name": "sgd", "optax.momentum": 0.0, "optax.wd": 0.0,
                            "optax.clip_norm": 1.0})
-  tx = train.make_optimizer(config, optax.constant_schedule(1.0))
+  tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
   params = {"kernel": jnp.zeros(2)}
   updates, _ = tx.update({"kernel": jnp.array([30.0, 40.0])}, tx.init(params), params)
   np.testing.assert_allclose(updates["kernel"], [-0.6, -0.8], rtol=1e-6)
@@ -253,13 +254,13 @@ def test_clipping_bounds_the_global_norm():
 def test_schedule_warmup_then_cosine():
   config = small_config(**{"optax.lr": 1.0, "schedule.warmup_steps": 4,
                            "schedule.min_lr_ratio": 0.1})
-  s = train.make_schedule(config, total_updates=14, updates_per_epoch=7)
+  s = optim.make_schedule(config, total_updates=14, updates_per_epoch=7)
   np.testing.assert_allclose([s(0), s(2), s(4)], [0.0, 0.5, 1.0], atol=1e-6)
   np.testing.assert_allclose(s(9), 0.1 + 0.9 * 0.5, atol=1e-6)  # Half-way through the decay.
   np.testing.assert_allclose(s(14), 0.1, atol=1e-6)
   config.schedule.warmup_steps = 20
   with pytest.raises(ValueError, match="warm-up of 20 updates exceeds the run's 14"):
-    train.make_schedule(config, total_updates=14, updates_per_epoch=7)
+    optim.make_schedule(config, total_updates=14, updates_per_epoch=7)
 
 
 def test_run_length_from_epochs():
@@ -276,7 +277,7 @@ def test_weight_decay_mask_on_the_real_network():
   net = models.build(models.default_config("tiny"))
   shapes = jax.eval_shape(lambda: net.init({"params": jax.random.key(0)}, jnp.zeros((1, 28, 28, 1)),
                                            train=False))["params"]
-  mask = train.weight_decay_mask(shapes, train.DEFAULT_WD_EXCLUDE)
+  mask = optim.weight_decay_mask(shapes, optim.DEFAULT_WD_EXCLUDE)
   decayed = {sharding_lib.path_str(p).rsplit("/", 1)[-1]
              for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
   skipped = {sharding_lib.path_str(p).rsplit("/", 1)[-1]
