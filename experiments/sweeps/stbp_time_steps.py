@@ -2,13 +2,13 @@
 
     python -m ge2ms_jax.sweep --sweep experiments/sweeps/stbp_time_steps.py --workdir /tmp/stbp_T
     python -m ge2ms_jax.sweep --sweep experiments/sweeps/stbp_time_steps.py:runlocal --workdir /tmp/stbp_T_local
-    python -m ge2ms_jax.sweep --sweep experiments/sweeps/stbp_time_steps.py:epochs=2 --workdir runs/stbp_T
+    python -m ge2ms_jax.sweep --sweep experiments/sweeps/stbp_time_steps.py:epochs=1 --workdir runs/stbp_T
 
 The STBP runs (LIF neurons, trained through T steps) use the same network and schedule as the QANN
 runs; the QANN's code (b = 2, G = T) has the same T. Compare accuracy and the `steps_per_sec` in
 each run's metrics: the QANN's cost stays flat in T, STBP's grows. `runlocal` is passed on to the
 experiment (`stbp_fashion_mnist.py:runlocal`, 20 steps of a narrow network per run), and so is
-`epochs=N` (every run N epochs instead of the experiment's 5; the README's table is `epochs=2`).
+`epochs=N` (every run N epochs instead of the experiment's 5; the README's table is `epochs=1`).
 """
 
 from ge2ms_jax import config_utils
