@@ -147,15 +147,19 @@ def _energy(config, workdir, args) -> int:
   return 0
 
 
+def _converted_and_batch(config, workdir, args, batch_size: int):
+  """The loaded QANN variables, their converted SNN variables, and one eval batch `[B, H, W, C]`."""
+  from ge2ms_jax import conversion  # pylint: disable=g-import-not-at-top
+  variables = _load(config, workdir, args).variables
+  return variables, conversion.convert(variables, config.model), _first_batch(config, args, batch_size)
+
+
 @register_mode("verify")
 def _verify(config, workdir, args) -> int:
   """QANN and SNN side by side on one eval batch: the max difference at every neuron site."""
-  from ge2ms_jax import conversion, snn  # pylint: disable=g-import-not-at-top
-  loaded = _load(config, workdir, args)
-  variables = loaded.variables
-  images = _first_batch(config, args, args.max_examples or 16)
-  rows = snn.verify(variables, conversion.convert(variables, config.model), images, config=config.model,
-                    mode=args.snn_mode)
+  from ge2ms_jax import snn  # pylint: disable=g-import-not-at-top
+  variables, converted, images = _converted_and_batch(config, workdir, args, args.max_examples or 16)
+  rows = snn.verify(variables, converted, images, config=config.model, mode=args.snn_mode)
   print(snn.format_verify(rows))
   return 0
 
@@ -163,12 +167,9 @@ def _verify(config, workdir, args) -> int:
 @register_mode("plan")
 def _plan(config, workdir, args) -> int:
   """Chooses per-site (base, groups) at fixed levels from measured spikes; prints the override."""
-  from ge2ms_jax import conversion, planning  # pylint: disable=g-import-not-at-top
-  loaded = _load(config, workdir, args)
-  variables = loaded.variables
-  images = _first_batch(config, args, args.max_examples or 64)
-  plan = planning.plan_codes(config.model, conversion.convert(variables, config.model), images,
-                             max_steps=args.max_steps)
+  from ge2ms_jax import planning  # pylint: disable=g-import-not-at-top
+  _, converted, images = _converted_and_batch(config, workdir, args, args.max_examples or 64)
+  plan = planning.plan_codes(config.model, converted, images, max_steps=args.max_steps)
   print(f"energy before {plan.before.snn_mj:.6f} mJ/image, after {plan.after.snn_mj:.6f} mJ/image "
         f"({plan.after.model.label}; SOPs {plan.before.sops:.4g} -> {plan.after.sops:.4g}, spikes/neuron "
         f"{plan.before.spikes_per_neuron:.4f} -> {plan.after.spikes_per_neuron:.4f}; {plan.after.snn_check})")

@@ -578,6 +578,17 @@ def _check_stbp(where: str, threshold: Any, reset: str, surrogate: str, alpha: A
   _check_theta(threshold, where)
 
 
+def _fire(v: Array, threshold: Any, reset: str, surrogate: str, alpha: float,
+          v_reset: float) -> tuple[Array, Array]:
+  """Fire and reset a charged membrane `v [...]`: `(v', spike)` (IF and LIF share it)."""
+  spike = heaviside(v - threshold, alpha, surrogate)
+  if reset == "soft":
+    v = v - spike * threshold
+  else:
+    v = spike * v_reset + (1 - spike) * v
+  return v, spike
+
+
 def if_step(v: Array, x: Array, threshold: Any = 1.0, reset: str = "soft", surrogate: str = "atan",
             alpha: float = 2.0, v_reset: float = 0.0) -> tuple[Array, Array]:
   """One step of the integrate-and-fire neuron: `(v, x) -> (v', spike)`.
@@ -589,13 +600,7 @@ def if_step(v: Array, x: Array, threshold: Any = 1.0, reset: str = "soft", surro
   Returns:
     `(v', spike)`, both shaped like `x`.
   """
-  v = v + x
-  spike = heaviside(v - threshold, alpha, surrogate)
-  if reset == "soft":
-    v = v - spike * threshold
-  else:
-    v = spike * v_reset + (1 - spike) * v
-  return v, spike
+  return _fire(v + x, threshold, reset, surrogate, alpha, v_reset)
 
 
 def lif_step(v: Array, x: Array, tau: float = 2.0, threshold: Any = 1.0, reset: str = "hard",
@@ -612,12 +617,7 @@ def lif_step(v: Array, x: Array, tau: float = 2.0, threshold: Any = 1.0, reset: 
     v = v + (x - (v - v_reset)) / tau
   else:
     v = v - (v - v_reset) / tau + x
-  spike = heaviside(v - threshold, alpha, surrogate)
-  if reset == "soft":
-    v = v - spike * threshold
-  else:
-    v = spike * v_reset + (1 - spike) * v
-  return v, spike
+  return _fire(v, threshold, reset, surrogate, alpha, v_reset)
 
 
 def _multi_step(step: Callable, x: Array, v0: Array | None, v_reset: float) -> Array:

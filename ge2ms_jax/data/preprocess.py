@@ -398,18 +398,23 @@ def inception_crop(size, area_min: float = 5, area_max: float = 100) -> Op:
   return op
 
 
+def _each_image(name: str, fn: Callable[[np.ndarray], np.ndarray], stack=np.stack) -> Op:
+  """The op applying `fn` (one `[H, W, C]` image to another) to every image of a batch, then
+  `stack`ing them (`_maybe_stack` where sizes may differ)."""
+  def op(batch, rng):
+    del rng
+    batch["image"] = stack([fn(im) for im in _image_list(batch["image"], name)])
+    return batch
+
+  return op
+
+
 @register("resize")
 def resize(size) -> Op:
   """Bilinear resize of every image to `size`."""
   hw = _size(size, "resize")
 
-  def op(batch, rng):
-    del rng
-    images = _image_list(batch["image"], "resize")
-    batch["image"] = np.stack([im if im.shape[:2] == hw else _pil_resize(im, hw) for im in images])
-    return batch
-
-  return op
+  return _each_image("resize", lambda im: im if im.shape[:2] == hw else _pil_resize(im, hw))
 
 
 @register("resize_small")
@@ -418,18 +423,13 @@ def resize_small(size: int) -> Op:
   if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
     raise ValueError(f"resize_small: size must be a positive int, got {size!r}.")
 
-  def op(batch, rng):
-    del rng
-    out = []
-    for im in _image_list(batch["image"], "resize_small"):
-      h, w = im.shape[:2]
-      s = size / min(h, w)
-      hw = (max(size, int(round(h * s))), max(size, int(round(w * s))))
-      out.append(im if hw == (h, w) else _pil_resize(im, hw))
-    batch["image"] = _maybe_stack(out)
-    return batch
+  def one(im):
+    h, w = im.shape[:2]
+    s = size / min(h, w)
+    hw = (max(size, int(round(h * s))), max(size, int(round(w * s))))
+    return im if hw == (h, w) else _pil_resize(im, hw)
 
-  return op
+  return _each_image("resize_small", one, stack=_maybe_stack)  # Sizes may differ: stacked only if equal.
 
 
 @register("central_crop")
@@ -437,20 +437,15 @@ def central_crop(size) -> Op:
   """Crops the centre `size` window out of every image (each at least that large)."""
   hw = _size(size, "central_crop")
 
-  def op(batch, rng):
-    del rng
-    out = []
-    for im in _image_list(batch["image"], "central_crop"):
-      h, w = im.shape[:2]
-      if h < hw[0] or w < hw[1]:
-        raise ValueError(f"central_crop({hw}): image of size {(h, w)} is smaller than the crop; "
-                         "resize it first (e.g. resize_small).")
-      top, left = (h - hw[0]) // 2, (w - hw[1]) // 2
-      out.append(im[top:top + hw[0], left:left + hw[1]])
-    batch["image"] = np.stack(out)
-    return batch
+  def one(im):
+    h, w = im.shape[:2]
+    if h < hw[0] or w < hw[1]:
+      raise ValueError(f"central_crop({hw}): image of size {(h, w)} is smaller than the crop; "
+                       "resize it first (e.g. resize_small).")
+    top, left = (h - hw[0]) // 2, (w - hw[1]) // 2
+    return im[top:top + hw[0], left:left + hw[1]]
 
-  return op
+  return _each_image("central_crop", one)
 
 
 @register("random_crop")
