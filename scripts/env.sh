@@ -1,11 +1,11 @@
 # Sourced by the other scripts: creates (once) and activates the project's virtual environment.
-# Override the location with GE2MS_VENV=/path/to/venv.
+# Override the location with GE2MS_VENV=/path/to/venv and the interpreter with GE2MS_PYTHON=python3.12.
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="${GE2MS_VENV:-$_root/.venv}"
 _stamp="$_venv/.ge2ms-installed"
 if [ ! -x "$_venv/bin/python" ]; then
-  python3 -m venv "$_venv"
+  "${GE2MS_PYTHON:-python3}" -m venv "$_venv"
 fi
 # Reinstall when setup.cfg changed since the last install.
 if [ ! -f "$_stamp" ] || [ "$_root/setup.cfg" -nt "$_stamp" ]; then
