@@ -91,3 +91,22 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
   monkeypatch.setitem(main.MODES, "plan", broken)
   with pytest.raises(ValueError, match="invalid literal"):
     main.main(["--config", "experiments/fashion_mnist.py:runlocal", "--mode", "plan"])
+
+
+def test_an_unwritable_workdir_is_a_failed_run(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  code, lines, _ = _run(capsys, ["--config", "experiments/fashion_mnist.py:runlocal", "--workdir",
+                                 str(blocker / "run")])
+  assert code == 1
+  _one_error(lines, str(blocker / "run"), "cannot be created")
+
+
+def test_the_traceback_is_logged_at_debug_level(tmp_path, capsys, caplog):
+  with caplog.at_level("DEBUG", logger="ge2ms_jax.main"):
+    code, lines, _ = _run(capsys, ["--config", "experiments/fashion_mnist.py", "--mode", "evaluate",
+                                   "--log_level", "DEBUG", "--checkpoint", str(tmp_path / "nowhere")])
+  assert code == 2
+  _one_error(lines, str(tmp_path / "nowhere"))
+  failed = [r for r in caplog.records if r.name == "ge2ms_jax.main" and r.exc_info]
+  assert failed and isinstance(failed[0].exc_info[1], FileNotFoundError)
