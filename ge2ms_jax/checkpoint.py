@@ -4,7 +4,8 @@ Layout under `directory` (one folder per step, written to a temporary name and r
 complete, so a checkpoint is never changed in place and a half-written one is never listed):
 
     <directory>/<step>/state/              the train state pytree (params, optimizer, EMA, rng, step)
-    <directory>/<step>/data/process_<i>-of-<n>.json   each process's input-iterator state
+    <directory>/<step>/data/process_<i>-of-<n>.json   each process's input-iterator state (JSON),
+                                           written by grain's Orbax checkpoint handler
     <directory>/<step>/integrity.json      size and SHA-256 of every file above
 
 The integrity manifest is written after every file of the step is complete and before the folder is
@@ -40,6 +41,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
 _log = logging.getLogger(__name__)
@@ -235,68 +237,73 @@ _array_handler_configured = False
 
 
 def _configure_array_handler() -> None:
+  """Registers a jax.Array handler that splits only large arrays among replicas (once a process).
+
+  The replacement must keep the per-array metadata store that Orbax's default handler has (it writes
+  `state/array_metadatas/` and the write shapes in the tree metadata, as every earlier checkpoint
+  has them). Orbax exposes that store publicly only as the default of its v1 saving options; where a
+  release lacks that field or the handler option, Orbax's default handler stays: the checkpoints are
+  the same, only the first save compiles its slicing programs.
+  """
   global _array_handler_configured
   if _array_handler_configured:
     return
-  kwargs = dict(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
-  try:  # Keep the default handler's per-array metadata store.
-    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
-    from orbax.checkpoint._src.serialization import type_handler_registry  # pylint: disable=g-import-not-at-top
-    handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
-                                             **kwargs)
-    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, handler, override=True,
-                                                           ignore_warnings=True)
-  except (ImportError, AttributeError, TypeError):
-    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(**kwargs),
-                                            override=True)
   _array_handler_configured = True
+  try:
+    store = ocp.v1.options.ArrayOptions.Saving().array_metadata_store
+    if store is None:
+      raise AttributeError("Orbax's v1 saving options have no default array-metadata store")
+    handler = ocp.type_handlers.ArrayHandler(
+        array_metadata_store=store, min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+  except (AttributeError, TypeError) as e:
+    _log.info("keeping Orbax's default jax.Array handler (no public array-metadata store or "
+              "min_slice_bytes_for_replica_parallel in this Orbax: %s).", e)
+    return
+  # Orbax warns on every override; replacing its default is the point here, so that warning is
+  # dropped (the CLI shows absl warnings).
+  absl_log = logging.getLogger("absl")
+  quiet = lambda record: "overriding" not in record.getMessage()
+  absl_log.addFilter(quiet)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_log.removeFilter(quiet)
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-process data-iterator state (an Orbax handler)
+# Per-process input-iterator state, saved by grain's Orbax handler
 # ---------------------------------------------------------------------------------------------
-def _data_file(directory: epath.Path) -> epath.Path:
-  return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+def _data_file_name() -> str:
+  """The name grain's handler gives this process's state file (it names it from jax the same way)."""
+  return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
-class DataStateHandler(ocp.CheckpointHandler):
-  """Writes each process's JSON-serialisable iterator state to its own file in the checkpoint."""
+class _IteratorState:
+  """One process's input-iterator state, in the form grain's checkpoint handler saves and restores.
 
-  def save(self, directory: epath.Path, args: "DataStateSave"):
-    directory.mkdir(parents=True, exist_ok=True)
+  Grain's handler takes an iterator, not a state: it writes `get_state()` (bytes, for iterators other
+  than grain's own dataset iterators) to the process's file, and on restore gives the file's bytes
+  to `set_state` and then calls `start_prefetch()`. The Checkpointer is handed the state rather than
+  the iterator (`DataIterator.get_state()` wraps grain's state with the pipeline's fingerprint, and
+  a test's or an embedded source's iterator need not be grain's at all), and it returns the restored
+  state for the trainer to set, so this object stands in for the iterator. The file holds the
+  state's JSON as before, so old and new checkpoints read alike.
+  """
+
+  def __init__(self, state: Any = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    # Grain's handler calls this inside the save, before the file is written: kills aimed at a save
+    # through GE2MS_FAULT_SAVE_DELAY land here.
     _fault_delay()
-    _data_file(directory).write_text(json.dumps(args.state))
+    return json.dumps(self.state).encode()
 
-  def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
-    file = _data_file(directory)
-    if not file.exists():
-      present = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-      _log.warning("no input-iterator state for process %d of %d in %s (found %s); the input "
-                   "iterator starts from its beginning.", jax.process_index(), jax.process_count(),
-                   directory, present)
-      return None
-    return json.loads(file.read_text())
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
 
-  def metadata(self, directory: epath.Path) -> None:
-    return None
-
-  def finalize(self, directory: epath.Path) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-  state: Any
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-  pass
+  def start_prefetch(self) -> None:
+    pass  # A state has nothing to prefetch; the trainer's iterator resumes when the state is set.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +434,7 @@ class Checkpointer:
                 self.directory)
       return False
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                 DATA: DataStateSave(data_state)})
+                                 DATA: grain_checkpoint.CheckpointSave(_IteratorState(data_state))})
     self._manager.wait_until_finished()  # The callback reads `_saving`: one save at a time.
     self._saving = step
     started = bool(self._manager.save(step, args=args, force=True))
@@ -446,10 +453,20 @@ class Checkpointer:
 
   # -- restore --------------------------------------------------------------------------------
   def _restore_step(self, step: int, abstract_state: Any) -> Restored:
-    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state),
-                                 DATA: DataStateRestore()})
-    out = self._manager.restore(step, args=args)
-    return Restored(state=out[STATE], data_state=out[DATA], step=step)
+    args = {STATE: ocp.args.StandardRestore(abstract_state)}
+    data_dir = self.directory / str(step) / DATA
+    # Grain's handler fails on a missing state file; a process without one (e.g. the run was
+    # restarted on more hosts) resumes with its iterator at the start, as it always has.
+    if (data_dir / _data_file_name()).exists():
+      args[DATA] = grain_checkpoint.CheckpointRestore(_IteratorState())
+    else:
+      present = sorted(p.name for p in data_dir.iterdir()) if data_dir.exists() else []
+      _log.warning("no input-iterator state for process %d of %d in %s (found %s); the input "
+                   "iterator starts from its beginning.", jax.process_index(), jax.process_count(),
+                   data_dir, present)
+    out = self._manager.restore(step, args=ocp.args.Composite(**args))
+    data_state = out[DATA].state if DATA in args else None
+    return Restored(state=out[STATE], data_state=data_state, step=step)
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() != 0:
