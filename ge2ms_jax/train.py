@@ -269,6 +269,29 @@ def make_eval_fn(net) -> Callable:
   return evaluate
 
 
+def jit_update_step(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, state_shardings: Any, batch_sharding: Any,
+                    replicated: Any, *, teacher_shardings: Any = None,
+                    wrap_update: Callable | None = None) -> Callable:
+  """The trainer's update step, jitted: `make_update_fn` with the state donated and every sharding
+  fixed (`state_shardings`, a `TrainState` of shardings; `batch_sharding` for every batch leaf;
+  metrics `replicated`). With `teacher_shardings` (distillation) it takes the teacher's variables
+  as a third argument. `benchmarks/scale.py` lowers and compiles this same function ahead of time.
+  """
+  ann_macs = None
+  if sparsity_lib.enabled(config):
+    from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
+    ann_macs = float(models.count(config.model)["macs"])
+  update = make_update_fn(net, tx, schedule, config, ann_macs)
+  if wrap_update is not None:
+    update = wrap_update(update)
+  in_shardings = (state_shardings, batch_sharding)
+  if teacher_shardings is not None:
+    in_shardings += (teacher_shardings,)
+  return jax.jit(update, donate_argnums=(0,), in_shardings=in_shardings,
+                 out_shardings=(state_shardings, replicated))
+
+
 def make_init_fn(net, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                  image_spec: jax.ShapeDtypeStruct) -> Callable:
   """`init(rng_data) -> TrainState` for images shaped like `image_spec` ([B, H, W, C])."""
@@ -442,26 +465,19 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Update step: one jit, state donated, shardings fixed, traced once.
     # ----------------------------------------------------------------------------------------
-    ann_macs = None
-    if sparsity_lib.enabled(config):
-      from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
-      ann_macs = float(models.count(config.model)["macs"])
-    update = make_update_fn(self.net, self.tx, self.schedule, config, ann_macs)
-    if wrap_update is not None:
-      update = wrap_update(update)
-    in_shardings = (self.state_shardings, self.batch_sharding)
     distilling = distill_lib.enabled(config)
+    teacher_shardings = None
     if distilling:
       # The teacher is an argument, not a constant folded into the program, and is laid out like
       # the student's own variables.
       teacher_shardings = {"params": self.state_shardings.params, **self.state_shardings.model_state}
       teacher = loading.load(config, config.distill.teacher, adopt=False, what="config.distill.teacher")
       self.teacher = jax.device_put(teacher.variables, teacher_shardings)
-      in_shardings += (teacher_shardings,)
       _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
                 config.distill.weight, config.distill.temperature)
-    step = jax.jit(update, donate_argnums=(0,), in_shardings=in_shardings,
-                   out_shardings=(self.state_shardings, self.replicated))
+    step = jit_update_step(self.net, self.tx, self.schedule, config, self.state_shardings,
+                           self.batch_sharding, self.replicated, teacher_shardings=teacher_shardings,
+                           wrap_update=wrap_update)
     self.update_fn = (lambda state, batch: step(state, batch, self.teacher)) if distilling else step
     self.eval_fn = jax.jit(make_eval_fn(self.net),
                            in_shardings=(self.state_shardings.params,
