@@ -63,6 +63,47 @@ def test_auto_is_the_cpu_path_on_cpu_and_bad_values_are_named():
     M.validate(cfg)
 
 
+@pytest.mark.parametrize("conv_kwargs", [dict(kernel_size=3, stride=2), dict(kernel_size=3, groups=16),
+                                         dict(kernel_size=1)])
+def test_synapse_with_batchnorm_agrees_in_training(conv_kwargs):
+  # One SynapseBN in training mode: the convolution and BatchNorm pair that the two paths implement
+  # differently, with its gradients and the running statistics it updates.
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 16))
+  layers = {impl: L.SynapseBN(16, conv_impl=impl, **conv_kwargs) for impl in ("cpu", "xla")}
+  variables = layers["cpu"].init(jax.random.key(1), x)
+  variables = {"params": jax.tree.map(lambda v: v + 0.1, variables["params"]),
+               "batch_stats": variables["batch_stats"]}
+
+  def run(impl, params, x):
+    y, state = layers[impl].apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y)), state["batch_stats"]
+
+  outs = {impl: jax.value_and_grad(lambda p, x: run(impl, p, x), argnums=(0, 1), has_aux=True)(
+      variables["params"], x) for impl in layers}
+  (l_cpu, bs_cpu), g_cpu = outs["cpu"]
+  (l_xla, bs_xla), g_xla = outs["xla"]
+  np.testing.assert_allclose(l_xla, l_cpu, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((bs_xla, g_xla)), jax.tree.leaves((bs_cpu, g_cpu))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  eval_cpu = layers["cpu"].apply(variables, x)
+  np.testing.assert_allclose(layers["xla"].apply(variables, x), eval_cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_network_forward_agrees_and_shares_variables():
+  cfg_cpu, cfg_xla = _small("cpu"), _small("xla")
+  net_cpu, net_xla = M.build(cfg_cpu), M.build(cfg_xla)
+  x = _images(cfg_cpu)
+  variables = net_cpu.init({"params": jax.random.key(0)}, x)
+  # The same variables, tree for tree: a checkpoint of either loads under the other.
+  assert jax.tree.structure(net_xla.init({"params": jax.random.key(0)}, x)) == jax.tree.structure(variables)
+  leaves, tree = jax.tree.flatten(variables)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.unflatten(tree, [v + 0.2 * np.abs(rng.standard_normal(v.shape)).astype(v.dtype)
+                                        for v in leaves])
+  np.testing.assert_allclose(net_xla.apply(variables, x), net_cpu.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # Four float64 compiles of a whole network's training step, a minute or more.
 @pytest.mark.parametrize("variant", ["tiny", "s"])
 def test_network_outputs_gradients_and_batchnorm_statistics_agree(variant):
   # In float64: the quantizers round, so float32's last-bit differences between two correct
@@ -98,6 +139,7 @@ def test_network_outputs_gradients_and_batchnorm_statistics_agree(variant):
     np.testing.assert_allclose(flat_xla, flat_cpu, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow  # Two spike-mode simulations compiled, about a minute.
 def test_converted_snn_agrees_in_spike_mode():
   cfg_cpu, cfg_xla = _small("cpu"), _small("xla")
   x = _images(cfg_cpu, batch=8, seed=1)
