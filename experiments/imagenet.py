@@ -42,8 +42,12 @@ def get_config(arg=None):
   config.schedule.min_lr_ratio = 0.01
 
   config.mesh = [("data", -1), ("fsdp", arg.fsdp)]
-  # Shard every large matrix over fsdp; keep small vectors (BN, thresholds, biases) replicated.
-  config.sharding_rules = [(r"(bias|scale|mean|var|theta)$", "replicate"), (r".*", "fsdp")]
+  # Shard every large matrix over fsdp; keep small vectors (BN, thresholds, biases) replicated, and
+  # the depthwise kernels ([3, 3, 1, C], 9 C values): with C split over fsdp, XLA computes a grouped
+  # convolution by gathering the whole batch's activations onto every device (benchmarks/scale.py
+  # measured 117 GB gathered per step and device for `b` on a data 8 x fsdp 8 mesh).
+  config.sharding_rules = [(r"(bias|scale|mean|var|theta)$", "replicate"),
+                           (r"_dw(_v)?/syn/kernel$", "replicate"), (r".*", "fsdp")]
 
   config.log_every_steps = 100
   config.ckpt.every_steps = 2500

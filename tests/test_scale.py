@@ -57,7 +57,9 @@ def test_roofline_fits_memory_linearly_and_names_the_bound():
   assert not v5e["fits"] and v5p["fits"]  # 19 GB against 16 GB and 95 GB of HBM
   assert v5p["max_per_device_batch"] == int((0.9 * 95e9 - 3e9) // 0.5e9)
   assert v5p["times"]["compute"] == pytest.approx(32 * 1e11 / (459e12 * 0.5))
-  assert v5p["bound"] == max(v5p["times"], key=v5p["times"].get)
+  assert v5p["times"]["communication"] == pytest.approx(1.75e9 / 600e9)
+  assert v5p["bound"] == "compute" and v5p["step_seconds"] == v5p["times"]["compute"]
+  assert v5p["hbm_seconds_upper_bound"] == pytest.approx(1e11 / 2765e9)
   assert v5p["images_per_second"] == pytest.approx(256 / v5p["step_seconds"])
 
 
