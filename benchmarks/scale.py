@@ -60,8 +60,14 @@ HARDWARE = {
 
 # Published FLOPs per image at 224 x 224 (multiply-adds counted as the papers count them).
 PUBLISHED = {
-    "ViT-B/16": dict(params_m=86.6, gflops=17.6, note="DeiT-B / ViT-B/16 at 224, Touvron et al. 2021 (GFLOPs as "
-                                                     "multiply-adds)"),
+    "ViT-B/16": dict(params_m=86.6, gmacs_per_image=17.6,
+                     note="DeiT-B / ViT-B/16 at 224 (Touvron et al., 2021; their GFLOPs count multiply-adds)"),
+    "Spikformer-8-768": dict(params_m=66.34, gmacs_per_image=None,
+                             note="Zhou et al., ICLR 2023: 74.81% at T = 4; reports energy, not operations per "
+                                  "image; STBP training unrolls T = 4 steps"),
+    "QKFormer HST-10-768": dict(params_m=64.96, gmacs_per_image=None,
+                                note="Zhou et al., NeurIPS 2024: 84.22% at 224, T = 4; reports energy (38.91 mJ), "
+                                     "not operations per image; STBP training unrolls T = 4 steps"),
 }
 
 ROWS = [dict(variant=v, devices=n, fsdp=f, per_device_batch=b)
