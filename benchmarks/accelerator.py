@@ -127,7 +127,8 @@ def cifar10_curve(source: str, seconds: float, smoke: bool) -> dict:
 def main(argv=None) -> dict:
   """Runs the rows (and the CIFAR-10 curve), saves the JSON; returns the result."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--smoke", action="store_true", help="the same code on the runlocal networks, seconds")
+  parser.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
+                      help="the same code on the runlocal networks, seconds")
   parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
   parser.add_argument("--steps", type=int, default=None, help="timed updates per row (default 20; smoke 2)")
   parser.add_argument("--cifar10", default=None, help="CIFAR-10 ImageFolder directory or .tar.gz")

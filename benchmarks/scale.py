@@ -1,6 +1,7 @@
 """ImageNet scale on paper: the trainer's own step, compiled ahead of time for sharded meshes.
 
     python benchmarks/scale.py            # every row below, then the roofline; writes results/scale.json
+    python benchmarks/scale.py --inference_only   # only the converted SNN's rows, into scale.json
     python benchmarks/scale.py --quick    # the runlocal network on 8 devices, two meshes (the tests run it)
 
 Each row compiles `train.jit_update_step` (the function the `Trainer` runs, with its state and batch
@@ -16,7 +17,9 @@ every collective (all-reduce, all-gather, reduce-scatter, all-to-all, collective
 result bytes and the bytes a device sends under ring algorithms. The FLOPs are checked against the
 analytic count `6 x MACs` per image (`model.count`: forward 2 x MACs, backward twice that). The
 roofline (`roofline`) turns these into the largest per-chip batch, step time and images/s on TPU v5p,
-TPU v5e and H100 at a stated model-FLOPs utilisation, and the resource that bounds the step.
+TPU v5e and H100 at a stated model-FLOPs utilisation, and the resource that bounds the step. The
+inference rows compile the converted SNN of `s` and `b` at 224 (fused and spike mode, 8 images, one
+device, what `snn.simulate` runs) for its memory per image.
 
 The compiled program is XLA's CPU program for the same sharded step: its collectives and memory plan
 follow the same SPMD partitioning an accelerator gets, but an accelerator's compiler fuses and
@@ -189,12 +192,44 @@ def measure_row(row: dict) -> dict:
           "lower_seconds": t1 - t0, "compile_seconds": t2 - t1}
 
 
+def measure_inference(row: dict) -> dict:
+  """The converted SNN of `row["variant"]` at 224 on one device, `row["mode"]` ("fused" | "spike"),
+  `row["batch"]` images: compiled memory per device and per image, operations per image."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import config_utils, snn  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
+  spec = f"experiments/imagenet.py:variant={row['variant']}" + (",runlocal" if row.get("runlocal") else "")
+  config = config_utils.load_config(spec, {"model.conv_impl": "xla"})
+  m = config.model
+  net = models.build(m, mode=row["mode"])
+  images = jax.ShapeDtypeStruct((row["batch"], m.image_size, m.image_size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x), images)
+  # What `snn.simulate` runs: the spike mode with its statistics (they carry the
+  # multiplication-free check), the fused mode without.
+  fn = snn._apply_fn(snn._frozen(m), row["mode"], row["mode"] == "spike")  # noqa: SLF001
+  t0 = time.perf_counter()
+  compiled = fn.lower(variables, images).compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  temp, args = int(mem.temp_size_in_bytes), int(mem.argument_size_in_bytes)
+  return {**row, "image_size": m.image_size, "macs_per_image": models.count(m)["macs"],
+          "argument_bytes": args, "temp_bytes": temp, "temp_bytes_per_image": temp / row["batch"],
+          "compile_seconds": seconds}
+
+
+INFERENCE_ROWS = [dict(variant=v, mode=mode, batch=8) for v in ("s", "b") for mode in ("fused", "spike")]
+QUICK_INFERENCE_ROWS = [dict(variant="s", mode="spike", batch=2, runlocal=True)]
+
+
 def _run_row(row: dict) -> dict:
-  """One row in a fresh process with `row["devices"]` simulated devices."""
+  """One row in a fresh process with `row["devices"]` simulated devices (an inference row: one)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={row['devices']}".strip()
+  devices = row.get("devices", 1)
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
   env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, __file__, "--_row", json.dumps(row)], env=env, cwd=ROOT,
+  flag = "--_inference_row" if "mode" in row else "--_row"
+  proc = subprocess.run([sys.executable, __file__, flag, json.dumps(row)], env=env, cwd=ROOT,
                         capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"row {row} failed:\n{proc.stderr[-3000:]}")
@@ -263,12 +298,32 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="two small rows (the runlocal network, 8 devices)")
   parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/scale.json)")
+  parser.add_argument("--inference_only", action="store_true",
+                      help="only the converted SNN's inference rows, merged into an existing scale.json")
   parser.add_argument("--_row", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--_inference_row", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args._row:  # pylint: disable=protected-access
     print(json.dumps(measure_row(json.loads(args._row))))  # pylint: disable=protected-access
     return {}
+  if args._inference_row:  # pylint: disable=protected-access
+    print(json.dumps(measure_inference(json.loads(args._inference_row))))  # pylint: disable=protected-access
+    return {}
   import common  # pylint: disable=g-import-not-at-top
+  inference = []
+  if not args.quick or args.inference_only:
+    for row in (QUICK_INFERENCE_ROWS if args.quick else INFERENCE_ROWS):
+      inference.append(_run_row(row))
+      r = inference[-1]
+      print(f"SNN {r['variant']} @{r['image_size']} {r['mode']}: temp {r['temp_bytes_per_image'] / 2**20:.0f} MiB "
+            f"per image (batch {r['batch']}), {r['macs_per_image'] / 1e9:.2f} GMACs as an ANN", flush=True)
+  if args.inference_only:
+    path = Path(args.out) if args.out else common.RESULTS / "scale.json"
+    result = json.loads(path.read_text()) if path.exists() else {"machine": common.machine()}
+    result["inference"] = inference
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+    return result
   rows = []
   for row in (QUICK_ROWS if args.quick else ROWS):
     start = time.perf_counter()
@@ -282,7 +337,8 @@ def main(argv=None) -> dict:
           f"collectives {_collective_summary(r)}; "
           f"compiled in {r['compile_seconds']:.0f} s ({time.perf_counter() - start:.0f} s in all)", flush=True)
   result = {"machine": common.machine(), "quick": args.quick, "mfu": MFU, "hbm_usable": HBM_USABLE,
-            "hardware": HARDWARE, "published": PUBLISHED, "rows": rows, "roofline": roofline(rows)}
+            "hardware": HARDWARE, "published": PUBLISHED, "rows": rows, "roofline": roofline(rows),
+            "inference": inference}
   path = common.save(result, args.out, "scale_quick.json" if args.quick else "scale.json")
   print(f"wrote {path}")
   return result
