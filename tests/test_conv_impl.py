@@ -89,6 +89,7 @@ def test_synapse_with_batchnorm_agrees_in_training(conv_kwargs):
   np.testing.assert_allclose(layers["xla"].apply(variables, x), eval_cpu, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # Three compiles of the whole network, about half a minute.
 def test_network_forward_agrees_and_shares_variables():
   cfg_cpu, cfg_xla = _small("cpu"), _small("xla")
   net_cpu, net_xla = M.build(cfg_cpu), M.build(cfg_xla)

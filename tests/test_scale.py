@@ -68,6 +68,7 @@ def test_accelerator_script_says_there_is_no_accelerator_on_cpu(capsys):
   assert "no GPU or TPU here" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # One compile and two steps of the runlocal network, about twenty seconds.
 def test_accelerator_smoke_measures_a_row(tmp_path):
   out = tmp_path / "accelerator.json"
   result = accelerator.main(["--smoke", "--rows", "s_32", "--out", str(out)])
