@@ -28,6 +28,7 @@ import optax
 from ge2ms_jax import checkpoint as ckpt_lib
 from ge2ms_jax import config_utils
 from ge2ms_jax import export
+from ge2ms_jax import optim
 from ge2ms_jax import sharding as sharding_lib
 
 _log = logging.getLogger(__name__)
@@ -140,7 +141,6 @@ def _restore_orbax(config: ml_collections.ConfigDict, source: Source, devices=No
   m = config.model
   image_spec = jax.ShapeDtypeStruct((1, m.image_size, m.image_size, m.in_channels), jnp.float32)
   # The optimizer only shapes the state's structure here; the schedule's values do not matter.
-  from ge2ms_jax import optim  # pylint: disable=g-import-not-at-top
   tx = optim.make_optimizer(config, optax.constant_schedule(config.optax.lr))
   init = train.make_init_fn(net, tx, config, image_spec)
   shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(config.seed)))
