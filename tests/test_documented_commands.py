@@ -80,6 +80,10 @@ NOT_RUN_HERE = {
     "--other_rows_mode fused --config.data.source=cifar10-train-jpeg.tar.gz":
         "the CIFAR-10 sparsity sweep's runs and images",
     "python benchmarks/neurons.py": "PyTorch for its reference rows (the --no-torch form runs here)",
+    "python -m ge2ms_jax.main --config experiments/fashion_mnist.py:data=fashion_mnist_full "
+    "--config.total_epochs=2 --workdir runs/qann_fm_full_2ep --mode train": "the full Fashion-MNIST IDX files",
+    "python -m ge2ms_jax.main --config experiments/stbp_fashion_mnist.py:neuron=lif,T=4,data=fashion_mnist_full,"
+    "epochs=2 --workdir runs/stbp_lif4_fm_full_2ep --mode train": "the full Fashion-MNIST IDX files",
 }
 
 
