@@ -47,7 +47,7 @@ def measure(variant: str, groups: int, batch: int, reps: int) -> dict:
   variables = jax.jit(qann.init)({"params": jax.random.key(1)}, x)
   converted = conversion.convert(variables, cfg, check=False)
   qann_fn = jax.jit(lambda v, x: qann.apply(v, x))
-  key = snn._config_key(cfg)
+  key = snn._frozen(cfg)  # noqa: SLF001 (the simulator's own jitted programs)
   fused_fn = snn._apply_fn(key, "fused", False)
   fused_stats_fn = snn._apply_fn(key, "fused", True)
   spike_fn = snn._apply_fn(key, "spike", True)
