@@ -144,3 +144,22 @@ def test_progress_plain_lines_ignore_unforced_updates():
   progress.update(1, {"loss": 1.0})
   progress.message("eval")
   assert out.getvalue() == "eval\n"
+
+
+def test_importing_the_trainer_does_not_import_torch(tmp_path):
+  # An installed torch (faked here: importing it leaves a mark) must not be loaded by the package:
+  # tensorboardX's own __init__ would import it, costing a JAX process about 230 MB.
+  import os
+  import subprocess
+  import sys
+  fake = tmp_path / "torch"
+  fake.mkdir()
+  (fake / "__init__.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n")
+  code = ("import sys\nfrom ge2ms_jax import train, metrics\n"
+          "assert 'torch' not in sys.modules\nimport torch\nprint('torch importable')\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "torch importable" in out.stdout  # a later `import torch` of the user still works
+  # The mark exists only because the user's own import ran after the package's.
+  assert (tmp_path / "imported").exists()
