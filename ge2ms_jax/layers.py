@@ -55,7 +55,7 @@ class NeuronSpec:
   groups: int = 4
   theta_init: float = 1.0
   per_channel: bool = False
-  method: str = "scan"         # expg_if method in spike mode
+  method: str = "closed"       # expg_if method in spike mode (all methods fire the same spikes)
   kind: str = "expg"           # "expg" (QANN/SNN), or the STBP baselines "if" / "lif"
   time_steps: int = 4          # STBP only
   tau: float = 2.0             # LIF only

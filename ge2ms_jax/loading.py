@@ -34,8 +34,9 @@ from ge2ms_jax import sharding as sharding_lib
 _log = logging.getLogger(__name__)
 
 EXPORT, ORBAX = "export", "orbax"
-# How convolutions are computed is the loading run's choice (its backend), not the checkpoint's.
-NOT_ADOPTED = ("conv_impl",)
+# How convolutions and spikes are computed is the loading run's choice, not the checkpoint's: every
+# conv_impl computes the same convolutions, every neuron.method fires the same spikes.
+NOT_ADOPTED = ("conv_impl", "neuron.method")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +122,10 @@ def adopt_model_config(config: ml_collections.ConfigDict, source: Source) -> lis
   """
   if source.recorded_model is None:
     return []
-  recorded = {k: v for k, v in source.recorded_model.items() if k not in NOT_ADOPTED}
+  recorded = {k: v for k, v in config_utils.flatten(source.recorded_model).items() if k not in NOT_ADOPTED}
   before = config_utils.flatten(config.model)
   # As overrides, the recorded values get the config's types back (JSON turned tuples into lists).
-  config_utils.apply_overrides(config, config_utils.flatten(recorded, "model."))
+  config_utils.apply_overrides(config, {"model." + k: v for k, v in recorded.items()})
   changed = sorted(config_utils.diff(before, config_utils.flatten(config.model)))
   if changed:
     _log.info("using the model config recorded with %s (variant %r; differs from --config in %s)",

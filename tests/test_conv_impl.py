@@ -165,14 +165,18 @@ def test_converted_snn_agrees_in_spike_mode():
   np.testing.assert_allclose(r_xla.logits, qann, rtol=1e-4, atol=1e-4)
 
 
-def test_a_checkpoint_adopts_its_architecture_but_not_its_conv_impl(tmp_path):
+def test_a_checkpoint_adopts_its_architecture_but_not_how_it_computed(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   import json  # pylint: disable=g-import-not-at-top
   from ge2ms_jax import loading  # pylint: disable=g-import-not-at-top
   recorded = _small("cpu").to_dict()
   recorded["head_dim"] = 4
+  recorded["neuron"]["method"] = "scan"
+  recorded["neuron"]["groups"] = 3
   (tmp_path / "config.json").write_text(json.dumps({"model": recorded}))
-  config = config_utils.load_config("experiments/fashion_mnist.py", {"model.conv_impl": "xla"})
-  assert "head_dim" in loading.adopt_model_config(config, loading.resolve(tmp_path))
-  assert config.model.head_dim == 4
-  assert config.model.conv_impl == "xla"
+  config = config_utils.load_config("experiments/fashion_mnist.py", {"model.conv_impl": "xla",
+                                                                     "model.neuron.method": "closed"})
+  changed = loading.adopt_model_config(config, loading.resolve(tmp_path))
+  assert "head_dim" in changed and "neuron.groups" in changed
+  assert config.model.head_dim == 4 and config.model.neuron.groups == 3
+  assert config.model.conv_impl == "xla" and config.model.neuron.method == "closed"
