@@ -35,10 +35,11 @@ print(f"torch {torch.__version__} (CPU build)")
 PY
 
 # The package with its own dependencies (jax among them), then SpikingJelly without its
-# dependencies (it would otherwise pull in a different torch) plus the one it imports at load time.
-"${pip[@]}" install --quiet -e "$root"
+# dependencies (it would otherwise pull in a different torch) plus what it imports at load time
+# (loguru; h5py for its model zoo) and matplotlib for the plots.
+"${pip[@]}" install --quiet -e "$root[test]"
 "${pip[@]}" install --quiet --no-deps "spikingjelly==2.0.0"
-"${pip[@]}" install --quiet loguru
+"${pip[@]}" install --quiet loguru h5py matplotlib
 
 "$venv/bin/python" -c "
 import jax, torch, spikingjelly, ge2ms_jax

@@ -84,6 +84,11 @@ NOT_RUN_HERE = {
     "--config.total_epochs=2 --workdir runs/qann_fm_full_2ep --mode train": "the full Fashion-MNIST IDX files",
     "python -m ge2ms_jax.main --config experiments/stbp_fashion_mnist.py:neuron=lif,T=4,data=fashion_mnist_full,"
     "epochs=2 --workdir runs/stbp_lif4_fm_full_2ep --mode train": "the full Fashion-MNIST IDX files",
+    "python benchmarks/peers.py": "PyTorch and SpikingJelly, the benchmarks' own environment "
+    "(benchmarks/setup_torch_env.sh)",
+    "python benchmarks/peers.py --quick --out /tmp/peers.json": "PyTorch and SpikingJelly; "
+    "tests/test_peers.py::test_peers_quick_run runs it where they are installed",
+    "python benchmarks/peers.py --rows sj_tiny,ge2ms_tiny --no_curve": "PyTorch and SpikingJelly",
 }
 
 
