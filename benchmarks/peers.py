@@ -53,6 +53,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import procmem  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 EMBEDDED = ROOT / "ge2ms_jax" / "data" / "embedded" / "fashion_mnist_subset.npz"
@@ -66,36 +69,9 @@ TARGETS = {"train_speedup_ge": 3.0, "train_peak_memory_ratio_le": 0.5, "spike_ov
 # ---------------------------------------------------------------------------------------------
 # Process memory
 # ---------------------------------------------------------------------------------------------
-def _status_bytes(field: str) -> int | None:
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith(field + ":"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
-def _reset_peak_rss() -> bool:
-  """Hands freed heap back to the system (compilation and set-up leave much of it with the
-  allocator, in both libraries), then restarts the high-water mark from the current RSS."""
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")  # VmHWM := current RSS
-    return True
-  except OSError:
-    return False
-
-
 def _memory(reset_ok: bool, rss_before: int | None) -> dict[str, Any]:
   """Peak RSS while the training steps ran, the RSS just before them, and the whole process's peak."""
-  return {"train_peak_rss_bytes": _status_bytes("VmHWM") if reset_ok else None,
+  return {"train_peak_rss_bytes": procmem.status_bytes("VmHWM") if reset_ok else None,
           "rss_before_train_bytes": rss_before,
           "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -207,8 +183,8 @@ def measure_torch(row: dict[str, Any]) -> dict[str, Any]:
 
   for _ in range(row["warmup"]):
     step()
-  reset_ok = _reset_peak_rss()
-  rss_before = _status_bytes("VmRSS")
+  reset_ok = procmem.reset_peak_rss(trim=True)
+  rss_before = procmem.status_bytes("VmRSS")
   times = []
   for _ in range(row["steps"]):
     t0 = time.perf_counter()
@@ -269,8 +245,8 @@ def measure_jax(row: dict[str, Any]) -> dict[str, Any]:
   for _ in range(row["warmup"]):
     state, m = update(state, batch)
     jax.block_until_ready(m)
-  reset_ok = _reset_peak_rss()
-  rss_before = _status_bytes("VmRSS")
+  reset_ok = procmem.reset_peak_rss(trim=True)
+  rss_before = procmem.status_bytes("VmRSS")
   times = []
   for _ in range(row["steps"]):
     t0 = time.perf_counter()

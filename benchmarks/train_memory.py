@@ -44,6 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import procmem  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "train_memory.json"
 TIME_STEPS = (1, 2, 4, 8, 16)
@@ -54,26 +57,6 @@ TARGET_QANN_RATIO = 1.05
 # ---------------------------------------------------------------------------------------------
 # One measurement (runs in a worker process)
 # ---------------------------------------------------------------------------------------------
-def _status_bytes(field: str) -> int | None:
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith(field + ":"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
-def _reset_peak_rss() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")  # Resets VmHWM to the current RSS.
-    return True
-  except OSError:
-    return False
-
-
 def _config(kind: str, t: int, variant: str, image_shape: tuple[int, int, int], quick: bool):
   sys.path.insert(0, str(ROOT))
   from ge2ms_jax import model as models
@@ -133,8 +116,8 @@ def measure(kind: str, t: int, *, variant: str = "tiny", image_shape=(28, 28, 1)
 
   state, m = compiled(state, batch_arrays)  # Warm-up.
   jax.block_until_ready(m)
-  rss_before = _status_bytes("VmRSS")
-  reset = _reset_peak_rss()
+  rss_before = procmem.status_bytes("VmRSS")
+  reset = procmem.reset_peak_rss()
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
@@ -150,8 +133,8 @@ def measure(kind: str, t: int, *, variant: str = "tiny", image_shape=(28, 28, 1)
       "temp_bytes": mem["temp"], "argument_bytes": mem["argument"], "output_bytes": mem["output"],
       "alias_bytes": mem["alias"],
       "rss_before_steps_bytes": rss_before,
-      "rss_steps_peak_bytes": _status_bytes("VmHWM") if reset else None,
-      "rss_steps_increase_bytes": (_status_bytes("VmHWM") - rss_before) if reset and rss_before
+      "rss_steps_peak_bytes": procmem.status_bytes("VmHWM") if reset else None,
+      "rss_steps_increase_bytes": (procmem.status_bytes("VmHWM") - rss_before) if reset and rss_before
                                   else None,
       "rss_process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "compile_s": compile_s, "step_times_s": times, "step_ms": 1e3 * step_s,
