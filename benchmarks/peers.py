@@ -47,7 +47,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -523,11 +522,7 @@ WORKERS = {"torch": measure_torch, "jax": measure_jax, "port_check": port_check,
 # The run
 # ---------------------------------------------------------------------------------------------
 def _run(row: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-  proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(row)], env=env,
-                        capture_output=True, text=True)
-  if proc.returncode != 0:
-    raise RuntimeError(f"peers.py: the {row['name']} row failed:\n{proc.stderr[-4000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return procmem.run_worker(__file__, row, env, f"peers.py: the {row['name']} row")
 
 
 def _targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

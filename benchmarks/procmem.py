@@ -1,7 +1,13 @@
-"""Resident-set readings of the current process (Linux `/proc`), for benchmarks that run one row per
-process. Standard library only, so that PyTorch rows can use it without importing JAX."""
+"""For benchmarks that run one row per process: the worker process itself, and the resident-set
+readings of the current process (Linux `/proc`). Standard library only, so that PyTorch rows can
+use it without importing JAX."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
 
 
 def status_bytes(field: str) -> int | None:
@@ -34,3 +40,16 @@ def reset_peak_rss(trim: bool = False) -> bool:
     return True
   except OSError:
     return False
+
+
+def run_worker(script: str, spec: dict[str, Any], env: dict[str, str], what: str) -> dict[str, Any]:
+  """Runs `python script --worker JSON(spec)` in a fresh process; returns the JSON of its last line.
+
+  Raises:
+    RuntimeError: naming `what` with the end of the worker's stderr, if it exits non-zero.
+  """
+  proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], env=env,
+                        capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise RuntimeError(f"{what} failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])

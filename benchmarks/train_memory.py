@@ -38,7 +38,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -147,11 +146,7 @@ def measure(kind: str, t: int, *, variant: str = "tiny", image_shape=(28, 28, 1)
 # The run
 # ---------------------------------------------------------------------------------------------
 def _run_worker(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-  proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                        capture_output=True, text=True)
-  if proc.returncode != 0:
-    raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return procmem.run_worker(__file__, spec, env, f"worker {spec}")
 
 
 def _ratio(rows, key) -> float:
