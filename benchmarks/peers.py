@@ -60,7 +60,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 EMBEDDED = ROOT / "ge2ms_jax" / "data" / "embedded" / "fashion_mnist_subset.npz"
 ROWS = ("spikformer", "qkformer", "sj_tiny", "sj_s", "ge2ms_tiny", "ge2ms_s")
 TIME_STEPS = 4
-FM_MEAN, FM_STD = 0.2860, 0.3530  # normalize('fashion_mnist') of the project's pipeline
 TARGETS = {"train_speedup_ge": 3.0, "train_peak_memory_ratio_le": 0.5, "spike_over_sj_inference_le": 1.0,
            "fused_speedup_ge": 3.0}
 
@@ -111,12 +110,9 @@ def port_spec(cfg) -> dict[str, Any]:
 
 
 def _quick_model(cfg):
-  """The experiments' laptop-sized network (`fashion_mnist.shrink_for_local`) for smoke runs."""
-  cfg.stem_channels = 8
-  cfg.dims = tuple(8 * sum(cfg.heads_per_window) if k == "attn" else 16 for k in cfg.kinds)
-  cfg.depths = tuple(1 for _ in cfg.kinds)
-  cfg.head_dim = 8
-  return cfg
+  """The experiments' laptop-sized network (`fashion_mnist.shrink_model_for_local`) for smoke runs."""
+  from ge2ms_jax import config_utils
+  return config_utils.load_module(str(ROOT / "experiments" / "fashion_mnist.py")).shrink_model_for_local(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +333,15 @@ def _fm_data():
   return d["train_images"], d["train_labels"].astype(np.int64), d["test_images"], d["test_labels"].astype(np.int64)
 
 
-def _fm_batches(images, labels, batch: int, seed: int):
+def _normalize(images, norm):
+  """uint8 `[N, 28, 28]` -> float32 `[N, 28, 28, 1]`, `(x / 255 - mean) / std` as the pipeline's
+  `normalize('fashion_mnist')`; `norm` is `(mean, std)`, read from its table by the parent process."""
+  import numpy as np
+  mean, std = norm
+  return ((images.astype(np.float32) / 255.0 - mean) / std)[..., None]
+
+
+def _fm_batches(images, labels, batch: int, seed: int, norm):
   """Endless augmented batches, identical for both libraries: random crop (pad 2), flip, normalise.
 
   Yields `(images [B, 28, 28, 1] float32, labels [B] int64)`.
@@ -353,7 +357,7 @@ def _fm_batches(images, labels, batch: int, seed: int):
       crops = np.stack([padded[j, y:y + 28, x:x + 28] for j, y, x in zip(idx, dy, dx)])
       flip = rng.random(batch) < 0.5
       crops[flip] = crops[flip, :, ::-1]
-      yield ((crops.astype(np.float32) / 255.0 - FM_MEAN) / FM_STD)[..., None], labels[idx]
+      yield _normalize(crops, norm), labels[idx]
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -383,7 +387,7 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
   cfg = config.model
   net = models.build(cfg)
   xtr, ytr, xte, yte = _fm_data()
-  test_images = jnp.asarray(((xte.astype(np.float32) / 255.0 - FM_MEAN) / FM_STD)[..., None])
+  test_images = jnp.asarray(_normalize(xte, row["norm"]))
 
   def program(total):
     config.schedule.warmup_steps = max(1, round(0.05 * total))
@@ -399,7 +403,7 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
             "target": jnp.asarray(np.eye(10, dtype=np.float32)[y])}
 
   # Probe: the step time after compilation (not counted), to size the run to the budget.
-  batches = _fm_batches(xtr, ytr, row["batch"], seed=0)
+  batches = _fm_batches(xtr, ytr, row["batch"], seed=0, norm=row["norm"])
   state, update = program(1000)
   t0 = time.perf_counter()
   state, m = update(state, as_batch(*next(batches)))
@@ -423,7 +427,7 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
       correct += int(np.sum(np.asarray(out.logits).argmax(-1) == yte[i:i + 500]))
     return correct / len(yte)
 
-  batches = _fm_batches(xtr, ytr, row["batch"], seed=1)
+  batches = _fm_batches(xtr, ytr, row["batch"], seed=1, norm=row["norm"])
   clock = time.perf_counter()
   state, update = program(total)  # compilation counts against the budget
   points, trained, evals = [], 0.0, _eval_points(total, row["points"])
@@ -446,10 +450,9 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
 def curve_torch(row: dict[str, Any]) -> dict[str, Any]:
   """The SpikingJelly port of `tiny` (LIF, T = 4) trained for the budget by surrogate gradients."""
   torch = _torch_setup(row["threads"])
-  import numpy as np
   import sj_ge2ms
   xtr, ytr, xte, yte = _fm_data()
-  test_images = torch.from_numpy(((xte.astype(np.float32) / 255.0 - FM_MEAN) / FM_STD)[:, None])
+  test_images = torch.from_numpy(_normalize(xte, row["norm"]).transpose(0, 3, 1, 2).copy())
 
   def program():
     torch.manual_seed(0)
@@ -472,7 +475,7 @@ def curve_torch(row: dict[str, Any]) -> dict[str, Any]:
     opt.step()
     return float(loss)
 
-  batches = _fm_batches(xtr, ytr, row["batch"], seed=0)
+  batches = _fm_batches(xtr, ytr, row["batch"], seed=0, norm=row["norm"])
   model, opt = program()
   t0 = time.perf_counter()
   step(model, opt, *next(batches), 1e-4)
@@ -494,7 +497,7 @@ def curve_torch(row: dict[str, Any]) -> dict[str, Any]:
     model.train()
     return correct / len(yte)
 
-  batches = _fm_batches(xtr, ytr, row["batch"], seed=1)
+  batches = _fm_batches(xtr, ytr, row["batch"], seed=1, norm=row["norm"])
   clock = time.perf_counter()
   model, opt = program()
   warmup = max(1, round(0.05 * total))
@@ -632,7 +635,9 @@ def main(argv=None) -> dict[str, Any]:
   curves = []
   if not args.no_curve:
     budget_s = 20.0 if args.quick else 60.0 * args.budget_minutes
-    base = dict(common, batch=64, budget_s=budget_s, probe_steps=3 if args.quick else 10,
+    from ge2ms_jax.data import preprocess
+    mean, std = preprocess.NORMALIZATION_STATS["fashion_mnist"]
+    base = dict(common, batch=64, budget_s=budget_s, norm=[mean[0], std[0]], probe_steps=3 if args.quick else 10,
                 probe_warmup=1 if args.quick else 5,
                 points=2 if args.quick else 5, lr=4e-3)
     cfg = model_config("tiny", image_size=28, in_channels=1)

@@ -4,7 +4,7 @@ This port exists to be measured against (`benchmarks/peers.py`): the same layers
 STBP form (`neuron_kind="lif"`) — stem, stages of conv or GW-SSA attention blocks, per-token head —
 with SpikingJelly's multi-step `LIFNode` at every neuron site, trained by surrogate gradients through
 `T` steps as a SpikingJelly user would: activations `[T, B, C, H, W]`, stateless layers applied to
-the time-folded batch, `functional.reset_net` between batches.
+the time-folded batch, membranes reset (`functional.reset_net`) at the start of every forward pass.
 
 The architecture comes in as a plain dict (`spec`, made by `peers.py` from a `ge2ms_jax` model config:
 `stem_channels`, `kinds`, `dims`, `depths`, `head_dim`, `mlp_ratio`, `image_size`, `in_channels`,
@@ -177,7 +177,7 @@ class Ge2msSJ(nn.Module):
 
   def __init__(self, spec: dict[str, Any], time_steps: int = 4, tau: float = 2.0):
     super().__init__()
-    self.spec, self.time_steps = spec, time_steps
+    self.time_steps = time_steps
     large = spec["image_size"] > 64
     self.stem_conv = SynBN(spec["in_channels"], spec["stem_channels"], 3, 2 if large else 1)
     self.stem_n = _lif(tau)
@@ -235,12 +235,7 @@ def load_flax_variables(model: Ge2msSJ, variables: dict[str, Any]) -> None:
   written = set()
   for (collection, *path), value in flat.items():
     *module, leaf = path
-    if module and module[-1] == "syn" and leaf == "kernel":
-      target = ".".join(module) + ".weight"
-    elif module and module[-1] == "bn":
-      target = ".".join(module) + "." + names[(collection, leaf)]
-    else:  # the head
-      target = ".".join(module) + "." + names[(collection, leaf)]
+    target = ".".join(module) + "." + names[(collection, leaf)]
     if target not in state:
       raise KeyError(f"load_flax_variables: {collection}/{'/'.join(path)} has no counterpart {target!r}.")
     if value.ndim == 4:
@@ -254,8 +249,3 @@ def load_flax_variables(model: Ge2msSJ, variables: dict[str, Any]) -> None:
   if missing:
     raise KeyError(f"load_flax_variables: no JAX value for {missing[:5]} ({len(missing)} in all).")
   model.load_state_dict(state)
-
-
-def reset(model: nn.Module) -> None:
-  """Clears the membrane state of every neuron (between independent batches)."""
-  functional.reset_net(model)

@@ -65,11 +65,8 @@ def _config(kind: str, t: int, variant: str, image_shape: tuple[int, int, int], 
   config.model.image_size, config.model.in_channels = image_shape[0], image_shape[2]
   config.model.num_classes = 10
   if quick:  # The experiments' laptop-sized network.
-    m = config.model
-    m.stem_channels = 8
-    m.dims = tuple(8 * sum(m.heads_per_window) if k == "attn" else 16 for k in m.kinds)
-    m.depths = tuple(1 for _ in m.kinds)
-    m.head_dim = 8
+    from ge2ms_jax import config_utils
+    config_utils.load_module(str(ROOT / "experiments" / "fashion_mnist.py")).shrink_model_for_local(config.model)
   if kind == "qann":
     config.model.neuron_kind = "expg"
     config.model.neuron.base = 2

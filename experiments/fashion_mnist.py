@@ -14,13 +14,18 @@ from ge2ms_jax import model as models
 from ge2ms_jax import train
 
 
-def shrink_for_local(config):
-  """Shrinks a config in place for a quick CPU run (used by every experiment's `runlocal`)."""
-  m = config.model
+def shrink_model_for_local(m):
+  """Shrinks a model config in place to the laptop-sized network of `runlocal`; returns it."""
   m.stem_channels = 8
   m.dims = tuple(8 * sum(m.heads_per_window) if kind == "attn" else 16 for kind in m.kinds)
   m.depths = tuple(1 for _ in m.kinds)
   m.head_dim = 8
+  return m
+
+
+def shrink_for_local(config):
+  """Shrinks a config in place for a quick CPU run (used by every experiment's `runlocal`)."""
+  shrink_model_for_local(config.model)
   config.batch_size = 32
   config.total_steps = 20
   config.schedule.warmup_steps = 2

@@ -24,6 +24,7 @@ import peers  # noqa: E402
 from ge2ms_jax import attention  # noqa: E402
 from ge2ms_jax import model as models  # noqa: E402
 from ge2ms_jax import optim, train  # noqa: E402
+from ge2ms_jax.data import preprocess  # noqa: E402
 
 HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "spikingjelly"))
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch and SpikingJelly (benchmarks/setup_torch_env.sh)")
@@ -50,16 +51,18 @@ def test_port_spec_follows_the_model_config(variant, size, grids):
 def test_curve_batches_are_the_same_for_both_libraries_and_augmented():
   images = np.random.default_rng(0).integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
   labels = np.arange(200) % 10
-  a = peers._fm_batches(images, labels, 64, seed=1)  # noqa: SLF001
-  b = peers._fm_batches(images, labels, 64, seed=1)  # noqa: SLF001
+  norm = preprocess.NORMALIZATION_STATS["fashion_mnist"]
+  norm = (norm[0][0], norm[1][0])
+  a = peers._fm_batches(images, labels, 64, seed=1, norm=norm)  # noqa: SLF001
+  b = peers._fm_batches(images, labels, 64, seed=1, norm=norm)  # noqa: SLF001
   for _ in range(4):  # past the end of an epoch (3 batches of 64 in 200)
     (xa, ya), (xb, yb) = next(a), next(b)
     np.testing.assert_array_equal(xa, xb)
     np.testing.assert_array_equal(ya, yb)
   assert xa.shape == (64, 28, 28, 1) and xa.dtype == np.float32
   # Normalised with the pipeline's Fashion-MNIST statistics: a zero (padding) pixel maps to -mean/std.
-  assert np.isclose(xa.min(), -peers.FM_MEAN / peers.FM_STD)
-  x0, _ = next(peers._fm_batches(images, labels, 64, seed=2))  # noqa: SLF001
+  assert np.isclose(xa.min(), -norm[0] / norm[1])
+  x0, _ = next(peers._fm_batches(images, labels, 64, seed=2, norm=norm))  # noqa: SLF001
   assert not np.array_equal(x0, xa)
 
 
