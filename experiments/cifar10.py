@@ -5,7 +5,9 @@
 
 `config.data.source` is an ImageFolder directory or `.tar.gz` of one; 10% of each class of "train" is
 held out as "validation" (the eval split) unless the source has a validation folder.
-Config string: `variant=s` (or `tiny`), `cpu`, `runlocal`.
+Config string: `variant=s` (or `tiny`), `cpu`, `runlocal`, `sparse` (with `variant=tiny,cpu`: the
+recipe of `checkpoints/cifar10_tiny_sparse`, 7 epochs of spike-aware fine-tuning of
+`checkpoints/cifar10_tiny`, `sparsity.reference_overrides`).
 
 The defaults are the GPU recipe (300 epochs, RandAugment, batch 256). `cpu` is the budget of the
 CIFAR-10 reference model, about 80 minutes of two CPU cores for `tiny`: 10 epochs at batch 64 with
@@ -14,6 +16,8 @@ ten times underfits rather than overfits and RandAugment then costs accuracy:
 
     python -m ge2ms_jax.main --config experiments/cifar10.py:variant=tiny,cpu --workdir runs/c10_tiny \
         --config.data.source=cifar10-train-jpeg.tar.gz --mode all
+    python -m ge2ms_jax.main --config experiments/cifar10.py:variant=tiny,cpu,sparse --workdir runs/c10_sparse \
+        --config.data.source=cifar10-train-jpeg.tar.gz --mode all
 """
 
 import pathlib
@@ -21,12 +25,13 @@ import pathlib
 from ge2ms_jax import config_utils
 from ge2ms_jax import data
 from ge2ms_jax import model as models
+from ge2ms_jax import sparsity
 from ge2ms_jax import train
 
 
 def cifar_config(arg, dataset):
   """The CIFAR config for `dataset` ("cifar10" or "cifar100")."""
-  arg = config_utils.parse_arg(arg, variant="s", cpu=False, runlocal=False)
+  arg = config_utils.parse_arg(arg, variant="s", cpu=False, runlocal=False, sparse=False)
   config = train.base_config()
   config.update(data.default_config(dataset))
 
@@ -58,6 +63,13 @@ def cifar_config(arg, dataset):
     config.pp_train = f"random_crop(32, pad=4)|flip_lr|normalize('{dataset}')|onehot({k})"
     config.ckpt.every_steps = 500
     config.evals.every_steps = 1000
+  if arg.sparse:
+    if not (arg.cpu and arg.variant == "tiny" and dataset == "cifar10"):
+      raise config_utils.ConfigError(
+          f"config string item `sparse` with variant={arg.variant}, cpu={arg.cpu} on {dataset}: it fine-tunes "
+          "the shipped checkpoints/cifar10_tiny, so it needs CIFAR-10 and `variant=tiny,cpu` "
+          "(experiments/cifar10.py:variant=tiny,cpu,sparse).")
+    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/cifar10_tiny", 7.0))
   if arg.runlocal:
     local = config_utils.load_module(str(pathlib.Path(__file__).with_name("fashion_mnist.py")))
     local.shrink_for_local(config)

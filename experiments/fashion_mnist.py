@@ -5,12 +5,18 @@
 
 Config string: `variant=tiny` (model variant), `data=fashion_mnist` (the subset shipped with the
 package; `fashion_mnist_full` reads the full IDX files from `config.data.source`), `runlocal` (a
-minute-long run on a laptop CPU: a narrower model, 20 steps).
+minute-long run on a laptop CPU: a narrower model, 20 steps), `sparse` (the recipe of
+`checkpoints/fashion_mnist_tiny_sparse`: 6 epochs of spike-aware fine-tuning of
+`checkpoints/fashion_mnist_tiny`, `sparsity.reference_overrides`):
+
+    python -m ge2ms_jax.main --config experiments/fashion_mnist.py:data=fashion_mnist_full,sparse \
+        --workdir runs/fm_sparse --mode all
 """
 
 from ge2ms_jax import config_utils
 from ge2ms_jax import data
 from ge2ms_jax import model as models
+from ge2ms_jax import sparsity
 from ge2ms_jax import train
 
 
@@ -38,7 +44,7 @@ def shrink_for_local(config):
 
 def get_config(arg=None):
   """The experiment config; see the module docstring for the config string."""
-  arg = config_utils.parse_arg(arg, variant="tiny", data="fashion_mnist", runlocal=False)
+  arg = config_utils.parse_arg(arg, variant="tiny", data="fashion_mnist", runlocal=False, sparse=False)
   config = train.base_config()
   config.update(data.default_config(arg.data))
 
@@ -64,6 +70,8 @@ def get_config(arg=None):
   config.evals.every_steps = 2000 if full else 500
   config.evals.batch_size = 256
 
+  if arg.sparse:
+    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/fashion_mnist_tiny", 6.0))
   if arg.runlocal:
     shrink_for_local(config)
   return config

@@ -1,4 +1,4 @@
-"""Command line: train, evaluate, convert, measure energy, verify, plan spike codes, export, or run it all.
+"""Command line: train, evaluate, convert, measure energy, verify, plan spike codes, export, report, or run it all.
 
     python -m ge2ms_jax.main --config experiments/fashion_mnist.py:runlocal --workdir /tmp/fm
     python -m ge2ms_jax.main --config experiments/cifar10.py:variant=s --workdir gs://.../c10 \\
@@ -177,6 +177,20 @@ def _plan(config, workdir, args) -> int:
   return 0
 
 
+@register_mode("report")
+def _report(config, workdir, args) -> int:
+  """Writes `<workdir>/report/` for the newest (or --checkpoint) model without training: what the
+  main job writes after its training, e.g. to refresh an export's report with the current accounting."""
+  from ge2ms_jax import report  # pylint: disable=g-import-not-at-top
+  if workdir is None:
+    raise SystemExit("error: --mode report needs --workdir (it writes <workdir>/report/).")
+  loaded = _load(config, workdir, args)
+  summary = report.write_report(config, workdir, loaded, max_examples=args.max_examples, mode=args.snn_mode,
+                                checkpoint=args.checkpoint)
+  print(report.format_summary(summary))
+  return 0
+
+
 @register_mode("all")
 def _all(config, workdir, args) -> int:
   """The main job: train (or resume), convert, simulate the SNN, evaluate, and write the report."""
@@ -206,7 +220,7 @@ def _writes_workdir(args: argparse.Namespace) -> bool:
     return False
   if args.mode == "export":
     return args.export_dir is None
-  return args.mode in ("train", "all", "convert")
+  return args.mode in ("train", "all", "convert", "report")
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:

@@ -167,15 +167,21 @@ def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) 
     lines += [f"Longest path ({len(lat['path'])} neuron sites, each waits for its whole input window): "
               + " -> ".join(f"`{p}`" for p in lat["path"]), ""]
   lines += [
-      "![training](training.png)", "", "![energy](energy.png)", "", "![raster](raster.png)", "",
+      *((["![training](training.png)", ""]) if "training" in summary.get("files", {}) else []),
+      "![energy](energy.png)", "", "![raster](raster.png)", "",
       "## Energy per layer", "", "```", energy_table, "```", "",
       f"## QANN vs SNN, layer by layer (one batch; {m['snn_check']})", "", "```", verify_table, "```", ""]
   return "\n".join(lines)
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *,
-                 max_examples: int | None = None, mode: str = "spike") -> dict[str, Any]:
+                 max_examples: int | None = None, mode: str = "spike",
+                 checkpoint: str | None = None) -> dict[str, Any]:
   """Evaluates a loaded model (`loading.load`) and writes `<workdir>/report/`; returns the summary.
+
+  `checkpoint` names what was loaded (default: the workdir's checkpoint of `loaded.step`). The
+  training curve comes from `<workdir>/metrics.jsonl`; without one, a `training.png` already in
+  `<workdir>/report/` is kept (refreshing the report of an export), else the report has none.
 
   The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `latency`
   (`model.latency`), `energy` (`EnergyReport.to_json`), `verify`, `raster_sites` and `files`. Every
@@ -197,17 +203,20 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
   verify_table = snn.format_verify(rows)
   energy_table = result.energy.format_table()
   result.energy.plot(os.path.join(out_dir, "energy.png"))
-  plot_training(os.path.join(workdir, "metrics.jsonl"), os.path.join(out_dir, "training.png"))
+  training_png = os.path.join(out_dir, "training.png")
+  has_training = (plot_training(os.path.join(workdir, "metrics.jsonl"), training_png)
+                  or os.path.exists(training_png))
   trains = spike_trains(config.model, result.snn_variables, images[:1])
   raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
-      "checkpoint": os.path.join(workdir, "checkpoints", str(loaded.step)), "step": loaded.step,
+      "checkpoint": checkpoint or os.path.join(workdir, "checkpoints", str(loaded.step)), "step": loaded.step,
       "metrics": result.metrics, "latency": models.latency(config.model), "energy": result.energy.to_json(),
       "verify": rows, "raster_sites": raster_sites,
       "files": {k: os.path.join(out_dir, f) for k, f in (("json", "report.json"), ("markdown", "report.md"),
                                                           ("training", "training.png"),
-                                                          ("energy", "energy.png"), ("raster", "raster.png"))},
+                                                          ("energy", "energy.png"), ("raster", "raster.png"))
+                if k != "training" or has_training},
   }
   with open(summary["files"]["json"], "w") as f:
     json.dump(summary, f, indent=1, default=str)
@@ -236,6 +245,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                  f"{energy_lib.PRESET_DESCRIPTIONS.get(name, name)})")
   lines += [
       f"checkpoint            {summary['checkpoint']}",
-      f"report                {summary['files']['markdown']}  (+ report.json, training.png, energy.png, raster.png)",
+      f"report                {summary['files']['markdown']}  (+ "
+      + ", ".join(os.path.basename(f) for k, f in summary["files"].items() if k != "markdown") + ")",
   ]
   return "\n".join(lines)

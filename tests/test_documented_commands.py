@@ -48,6 +48,10 @@ NOT_RUN_HERE = {
     "runs/fm_sparse --config.init_from=checkpoints/fashion_mnist_tiny --config.sparsity.weight=5 "
     "--config.total_epochs=1 --config.optax.lr=2e-3 --config.schedule.warmup_steps=50 "
     "--config.data.tune_fraction=0.1 --config.data.eval_split=tune": "the full Fashion-MNIST IDX files",
+    "python -m ge2ms_jax.main --config experiments/fashion_mnist.py:data=fashion_mnist_full,sparse "
+    "--workdir runs/fm_sparse --mode all": "the full Fashion-MNIST IDX files (and about an hour)",
+    "python -m ge2ms_jax.main --config experiments/cifar10.py:variant=tiny,cpu,sparse --workdir runs/c10_sparse "
+    "--config.data.source=cifar10-train-jpeg.tar.gz --mode all": "the CIFAR-10 training images as a JPEG archive",
     "python -m ge2ms_jax.main --config experiments/fashion_mnist.py --mode evaluate --checkpoint "
     "checkpoints/fashion_mnist_tiny --eval_data /usr/share/datasets/fashion-mnist":
         "the full Fashion-MNIST IDX files",

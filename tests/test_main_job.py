@@ -164,3 +164,37 @@ def test_explained_faults_end_in_a_message_and_exit_code(tmp_path, capsys):
   assert code == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err
+
+
+def test_report_mode_writes_an_exports_report_without_training(main_job, tmp_path, capsys):
+  workdir, _ = main_job
+  config = ["--config", "experiments/fashion_mnist.py:runlocal"]
+  exported = tmp_path / "exported"
+  assert main.main(config + ["--workdir", str(workdir), "--mode", "export", "--export_dir", str(exported)]) == 0
+  # An export with an older report: its training curve has no metrics.jsonl to be redrawn from, so it
+  # is kept; every number is measured again.
+  (exported / "report").mkdir()
+  (exported / "report" / "training.png").write_bytes(b"the training curve of the run")
+  (exported / "report" / "report.json").write_text('{"metrics": {}}')
+  capsys.readouterr()
+  assert main.main(config + ["--workdir", str(exported), "--checkpoint", str(exported), "--mode", "report",
+                             "--max_examples", "32"]) == 0
+  out = capsys.readouterr().out
+  assert "SOPs/MAC" in out and "latency_steps 52" in out and SPIKE_CHECK in out
+  report = json.loads((exported / "report" / "report.json").read_text())
+  assert report["checkpoint"] == str(exported) and report["step"] == 3
+  assert report["metrics"]["num_examples"] == 32 and report["metrics"]["snn_check"] == SPIKE_CHECK
+  assert report["metrics"]["sop_per_mac"] == report["metrics"]["sops_per_image"] / report["metrics"]["ann_macs_per_image"]
+  assert (exported / "report" / "training.png").read_bytes() == b"the training curve of the run"
+  assert "![training](training.png)" in (exported / "report" / "report.md").read_text()
+  assert not (exported / "checkpoints").exists()  # nothing was trained
+
+  # A model without any training curve gets a report without one (and says so in its file list).
+  bare = tmp_path / "bare"
+  assert main.main(config + ["--workdir", str(bare), "--checkpoint", str(exported), "--mode", "report",
+                             "--max_examples", "16"]) == 0
+  report = json.loads((bare / "report" / "report.json").read_text())
+  assert "training" not in report["files"] and not (bare / "report" / "training.png").exists()
+  assert "![training]" not in (bare / "report" / "report.md").read_text()
+  with pytest.raises(SystemExit, match="--mode report needs --workdir"):
+    main.main(config + ["--checkpoint", str(exported), "--mode", "report"])

@@ -1,6 +1,7 @@
 """Spike-aware training: the spike count and its surrogate, the SOP estimate, the loss, fine-tuning."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -289,3 +290,21 @@ def test_tune_split_is_carved_from_train_and_leaves_validation_unchanged():
   assert sorted(seen.tolist()) == images.tolist()  # a partition: nothing lost, nothing twice
   again = builders.hold_out_arrays(builders.hold_out_arrays(arrays, 0.1, 0, "validation", 10), 0.2, 0, "tune", 10)
   np.testing.assert_array_equal(again["tune"][0], both["tune"][0])  # deterministic
+
+
+def test_sparse_config_strings_are_the_shipped_sparse_models_recipe():
+  for spec, dense, base_spec, epochs in (
+      ("experiments/fashion_mnist.py:data=fashion_mnist_full,sparse", "checkpoints/fashion_mnist_tiny",
+       "experiments/fashion_mnist.py:data=fashion_mnist_full", 6.0),
+      ("experiments/cifar10.py:variant=tiny,cpu,sparse", "checkpoints/cifar10_tiny",
+       "experiments/cifar10.py:variant=tiny,cpu", 7.0)):
+    config = config_utils.load_config(spec)
+    base = config_utils.load_config(base_spec)
+    changed = config_utils.diff(config_utils.flatten(base), config_utils.flatten(config))
+    recipe = sparsity.reference_overrides(dense, epochs)
+    assert set(changed) == set(recipe), spec
+    assert all(changed[k][1] == recipe[k] for k in recipe), spec
+    assert config.init_from == dense and (pathlib.Path(__file__).parents[1] / dense / "export.json").exists()
+    assert 0 < config.sparsity.target < 0.30 and config.data.tune_fraction == 0
+  with pytest.raises(config_utils.ConfigError, match="variant=tiny,cpu"):
+    config_utils.load_config("experiments/cifar10.py:variant=s,sparse")
