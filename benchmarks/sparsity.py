@@ -17,6 +17,8 @@ the time, labelled as not simulated spike by spike): QANN top-1, SNN top-1, agre
 spikes per neuron, energy under both presets, and what the row cost (fine-tuning steps and minutes). With `--ship DIR`
 the sparse candidate (the sparse reference model: chosen on the tune split, like every choice here) is
 written as an export with its report (the test measurement, training curves, energy, raster) to DIR.
+`--reference DIR` adds a shipped sparse model trained outside the sweep (the `sparse` config string, on
+the whole training split) as its own row, from its report: it was measured once, in spike mode.
 
 Results: `benchmarks/results/sparsity.json` (one entry per dataset; other datasets' entries are kept)
 and `benchmarks/results/pareto.png` (test top-1 against SOPs/MAC, one panel per dataset).
@@ -69,17 +71,50 @@ def _measure(config, variables, split: str, mode: str, max_examples: int | None)
   return out
 
 
+def reference_row(directory: str, test_split: str) -> dict:
+  """The row of a shipped sparse model (an export with its `report/`, e.g. from the `sparse` config
+  string): its report's measurement on the test images, its recipe and what its training cost. It is
+  no candidate of the choice: trained on the whole training split, it has no unseen tune images.
+
+  Raises:
+    SystemExit: naming the file that is missing, or a report measured on other images.
+  """
+  d = Path(directory)
+  for f in (d / "export.json", d / "report" / "report.json"):
+    if not f.exists():
+      raise SystemExit(f"error: --reference {directory}: no {f}; give an export with its report/ "
+                       "(what --mode all writes, or --mode report).")
+  meta = json.loads((d / "export.json").read_text())
+  rep = json.loads((d / "report" / "report.json").read_text())
+  if rep["metrics"]["eval_data"] != test_split or rep["metrics"]["snn_mode"] != "spike":
+    raise SystemExit(f"error: --reference {directory}: its report measured {rep['metrics']['eval_data']!r} "
+                     f"in {rep['metrics']['snn_mode']} mode; the rows are on {test_split!r} in spike mode "
+                     "(refresh it with --mode report).")
+  notes = meta.get("notes", {})
+  config = config_utils.load_config(notes["config"], {k: config_utils.CliValue(str(v))
+                                                      for k, v in notes.get("overrides", {}).items()})
+  training = rep.get("training") or {}
+  return {"run": str(directory), "label": f"sparse reference: w={config.sparsity.weight:g}, target "
+          f"{config.sparsity.target:g}, {config.total_epochs:g} epochs", "config": notes["config"],
+          "weight": config.sparsity.weight, "target": config.sparsity.target, "epochs": config.total_epochs,
+          "steps": training.get("step", meta["step"]), "minutes": training.get("seconds", 0.0) / 60,
+          "tune": None, "test": {k: rep["metrics"][k] for k in ROW_FIELDS}}
+
+
 def markdown_table(entry: dict) -> str:
   """The rows of one dataset's entry as a Markdown table (the README's)."""
   lines = ["| run | cost | tune top-1 | tune SOPs/MAC | test QANN top-1 | test SNN top-1 | agreement | "
            "**SOPs/MAC** | spikes / neuron | ANN/SNN energy `fp32_45nm` | `int_45nm` | simulation |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in entry["rows"]:
+  for r in entry["rows"] + ([entry["reference"]] if entry.get("reference") else []):
     t, e = r["test"], r["test"]["energy_presets"]
     cost = f"{r['steps']} steps, {r['minutes']:.0f} min" if r["steps"] else "shipped"
     name = (f"**{r['label']}** (chosen)" if r["run"] == entry.get("selected") else
-            f"**{r['label']}** (sparse candidate)" if r["run"] == entry.get("candidate") else r["label"])
-    lines.append(f"| {name} | {cost} | {100 * r['tune']['qann_top1']:.2f}% | {r['tune']['sop_per_mac']:.3f} | "
+            f"**{r['label']}** (sparse candidate)" if r["run"] == entry.get("candidate") else
+            f"**{r['label']}** (shipped)" if r is entry.get("reference") else r["label"])
+    tune = (f"{100 * r['tune']['qann_top1']:.2f}% | {r['tune']['sop_per_mac']:.3f}" if r["tune"] else
+            "(trained on it) | (trained on it)")
+    lines.append(f"| {name} | {cost} | {tune} | "
                  f"{100 * t['qann_top1']:.2f}% | {100 * t['snn_top1']:.2f}% | {100 * t['agreement']:.2f}% | "
                  f"{t['sop_per_mac']:.3f} | {t['spikes_per_neuron']:.3f} | {e['fp32_45nm']['ann_over_snn']:.1f}x | "
                  f"{e['int_45nm']['ann_over_snn']:.1f}x | {t['snn_mode']} |")
@@ -107,6 +142,12 @@ def plot_pareto(results: dict, path: Path) -> None:
                   textcoords="offset points")
       if r["run"] == results[name].get("selected"):
         ax.plot([xi], [100 * r["test"]["snn_top1"]], "o", ms=14, mfc="none", color="tab:red", label="chosen on tune")
+    ref = results[name].get("reference")
+    if ref:
+      ax.plot([ref["test"]["sop_per_mac"]], [100 * ref["test"]["snn_top1"]], "*", ms=13, color="tab:orange",
+              label="shipped sparse model")
+      ax.annotate("sparse reference", (ref["test"]["sop_per_mac"], 100 * ref["test"]["snn_top1"]), fontsize=7,
+                  xytext=(6, 4), textcoords="offset points")
     ax.axvline(0.30, color="tab:green", ls="--", lw=0.8, label="0.30 x ANN MACs")
     ax.axvline(1.0, color="k", ls=":", lw=0.8, label="as many SOPs as ANN MACs")
     ax.set_xlabel("SNN synaptic operations / ANN MACs (per image)")
@@ -142,6 +183,9 @@ def main(argv=None) -> int:
   parser.add_argument("--target_ratio", type=float, default=0.30,
                       help="the sparse candidate: the best tune top-1 among runs at or below this tune "
                            "SOPs/MAC, also simulated spike by spike on the test images")
+  parser.add_argument("--reference", default=None,
+                      help="a shipped sparse model (export with report/, e.g. checkpoints/fashion_mnist_tiny_sparse): "
+                           "its report's test row is added beside the sweep's, outside the choice")
   parser.add_argument("--out", default=None)
   args, rest = parser.parse_known_args(argv)
   common_overrides = config_utils.parse_override_flags(rest)
@@ -230,7 +274,10 @@ def main(argv=None) -> int:
       "selection": "fewest tune SOPs/MAC among weight > 0 runs with tune QANN top-1 >= weight-0 run's - tolerance",
       "selected": chosen["run"] if chosen else None, "target_ratio": args.target_ratio,
       "candidate": candidate["run"] if candidate else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
-      "rows": [r for r, *_ in rows], "machine": common.machine()}
+      "rows": [r for r, *_ in rows], "machine": common.machine(),
+      # A reference measured earlier is kept when this invocation names none.
+      "reference": (reference_row(args.reference, spec["test_split"]) if args.reference
+                    else before.get("reference"))}
   path = common.save(results, out, "sparsity.json")
   # The plot sits beside the JSON (benchmarks/results/pareto.png by default).
   plot_pareto(results, path.with_name("pareto.png"))

@@ -158,6 +158,8 @@ def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) 
       f"| SNN encoding-layer MACs per image | {m['encoding_macs_per_image']:.4g} |",
       f"| ANN MACs per image (same network, all MACs) | {m['ann_macs_per_image']:.4g} |",
       f"| SOPs / MAC (SNN SOPs per ANN MAC, hardware-independent) | {m['sop_per_mac']:.3f} |",
+      *([f"| training cost (this workdir's run, every invocation) | {summary['training']['step']} steps, "
+         f"{summary['training']['seconds'] / 60:.0f} min |"] if (summary.get("training") or {}).get("seconds") else []),
       *(f"| {label} | {value} |" for label, value in _preset_rows(m)), "",
       "Energy presets (Horowitz, ISSCC 2014, 45 nm; definitions in docs/energy.md): `fp32_45nm` is the "
       "convention of the spiking-transformer papers; `int_45nm` prices both networks as integer "
@@ -183,7 +185,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
   training curve comes from `<workdir>/metrics.jsonl`; without one, a `training.png` already in
   `<workdir>/report/` is kept (refreshing the report of an export), else the report has none.
 
-  The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `latency`
+  The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `training` (status, step
+  and seconds of the workdir's `result.json`, or None), `latency`
   (`model.latency`), `energy` (`EnergyReport.to_json`), `verify`, `raster_sites` and `files`. Every
   output carries `metrics["snn_check"]`: only `mode="spike"` is checked multiplication-free.
   """
@@ -208,8 +211,14 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
                   or os.path.exists(training_png))
   trains = spike_trains(config.model, result.snn_variables, images[:1])
   raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
+  result_path = os.path.join(workdir, "result.json")
+  training = None
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      training = {k: v for k, v in json.load(f).items() if k in ("status", "step", "seconds")}
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
+      "training": training,
       "checkpoint": checkpoint or os.path.join(workdir, "checkpoints", str(loaded.step)), "step": loaded.step,
       "metrics": result.metrics, "latency": models.latency(config.model), "energy": result.energy.to_json(),
       "verify": rows, "raster_sites": raster_sites,

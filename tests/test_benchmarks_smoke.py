@@ -104,3 +104,17 @@ def test_sparsity_benchmark_quick(tmp_path):
   assert saved["candidate"] == saved["rows"][2]["run"] and saved["rows"][2]["shipped_to"] == str(tmp_path / "ship")
   assert (tmp_path / "ship" / "export.json").exists() and (tmp_path / "ship" / "report" / "report.md").exists()
   assert (tmp_path / "pareto.png").stat().st_size > 0
+  # A shipped model as a reference row, from its report (the shipped candidate's, here).
+  assert _load("sparsity").main(["--dataset", "fashion_mnist", "--sweep", spec, "--config", config,
+                                 "--sweep_workdir", str(tmp_path / "sw"), "--max_examples", "32",
+                                 "--reference", str(tmp_path / "ship"), "--out", str(out)]) == 0
+  again = json.loads(out.read_text())["fashion_mnist"]
+  ref = again["reference"]
+  assert ref["run"] == str(tmp_path / "ship") and ref["tune"] is None and ref["steps"] == 3
+  for key in ("qann_top1", "snn_top1", "agreement", "sop_per_mac", "num_examples", "snn_mode"):
+    assert ref["test"][key] == saved["rows"][2]["test"][key], key
+  assert [r["test"] for r in again["rows"]] == [r["test"] for r in saved["rows"]]  # measured once
+  assert "(trained on it)" in _load("sparsity").markdown_table(again)
+  assert ref["label"] == "sparse reference: w=2, target 0, 1 epochs"  # the recipe the export records
+  with pytest.raises(SystemExit, match="no .*export.json"):
+    _load("sparsity").reference_row(str(tmp_path / "sw"), "test")

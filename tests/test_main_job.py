@@ -65,13 +65,15 @@ def test_main_job_trains_converts_simulates_and_reports(main_job):
   assert m["agreement"] >= 0.95 and abs(m["snn_top1"] - m["qann_top1"]) <= 0.05
   assert 0 < m["energy_mj_per_image"] < m["ann_energy_mj_per_image"]
   assert report["step"] == 3 and (workdir / "checkpoints" / "3").is_dir()
+  assert report["training"]["status"] == "done" and report["training"]["step"] == 3
+  assert report["training"]["seconds"] > 0
   assert json.loads((workdir / "export" / "export.json").read_text())["step"] == 3
   assert [r["site"] for r in report["verify"]][-1] == "logits"
   assert max(r["mismatch_fraction"] for r in report["verify"][:-1]) < 0.01
   for name in ("training.png", "energy.png", "raster.png", "report.md"):
     assert (workdir / "report" / name).stat().st_size > 500, name
   markdown = (workdir / "report" / "report.md").read_text()
-  for text in ("SNN top-1", "SOPs / MAC", "ANN MACs per image", "latency_steps", "steps_per_image",
+  for text in ("SNN top-1", "SOPs / MAC", "ANN MACs per image", "latency_steps", "steps_per_image", "training cost",
                "fp32_45nm", "int_45nm", SPIKE_CHECK, "simulation: " + SPIKE_CHECK):
     assert text in markdown, text
 
@@ -187,7 +189,7 @@ def test_report_mode_writes_an_exports_report_without_training(main_job, tmp_pat
   assert report["metrics"]["sop_per_mac"] == report["metrics"]["sops_per_image"] / report["metrics"]["ann_macs_per_image"]
   assert (exported / "report" / "training.png").read_bytes() == b"the training curve of the run"
   assert "![training](training.png)" in (exported / "report" / "report.md").read_text()
-  assert not (exported / "checkpoints").exists()  # nothing was trained
+  assert not (exported / "checkpoints").exists() and report["training"] is None  # nothing was trained
 
   # A model without any training curve gets a report without one (and says so in its file list).
   bare = tmp_path / "bare"
