@@ -14,6 +14,8 @@ from ge2ms_jax.data.sources import CIFAR10_CLASSES
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = REPO / "checkpoints" / "fashion_mnist_tiny"
 CIFAR10 = REPO / "checkpoints" / "cifar10_tiny"
+# The sparse reference models (`sparse` config string): each beside the dense model it was fine-tuned from.
+SPARSE = {"fashion_mnist": (REPO / "checkpoints" / "fashion_mnist_tiny_sparse", FASHION_MNIST, 10000)}
 # The run behind checkpoints/cifar10_tiny scored 81.1% on all 5,000 held-out images; 1,000 of them
 # (standard error about 1.2 points) should not fall below this unless the model is broken.
 CIFAR10_MIN_TOP1 = 0.77
@@ -76,3 +78,36 @@ def test_shipped_cifar10_model_classifies_held_out_images(capsys):
   assert result["num_examples"] == 1000
   assert result["qann_top1"] >= CIFAR10_MIN_TOP1
   assert result["agreement"] >= 0.99
+
+
+def _report(directory):
+  return json.loads((directory / "report" / "report.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE))
+def test_shipped_sparse_model_is_sparse_and_as_accurate_in_its_report(name):
+  # The reports are the one measurement on all test images, spike by spike: what the README claims.
+  sparse, dense, images = SPARSE[name]
+  s, d = _report(sparse)["metrics"], _report(dense)["metrics"]
+  for m in (s, d):
+    assert m["num_examples"] == images and m["snn_mode"] == "spike"
+  assert s["eval_data"] == d["eval_data"]
+  assert s["sop_per_mac"] <= 0.30 < d["sop_per_mac"]
+  assert s["snn_top1"] >= d["snn_top1"] - 0.005
+  assert s["agreement"] >= 0.999
+  assert s["ann_macs_per_image"] == d["ann_macs_per_image"]
+  meta = json.loads((sparse / "export.json").read_text())
+  assert meta["step"] == _report(sparse)["step"] and meta["notes"]["config"].endswith("sparse")
+  assert sum(f.stat().st_size for f in sparse.rglob("*") if f.is_file()) <= 10 * 2**20
+
+
+def test_shipped_sparse_fashion_mnist_model_evaluates(capsys):
+  sparse, _, _ = SPARSE["fashion_mnist"]
+  result = _evaluate(capsys, "experiments/fashion_mnist.py", sparse, "--max_examples", "256")
+  assert result["num_examples"] == 256
+  assert result["qann_top1"] >= 0.85 and result["agreement"] >= 0.99
+  # About 0.29 SOPs per ANN MAC on the full test set; 256 images of the same test set leave room for
+  # sampling noise, not for a dense model (1.14).
+  assert result["sop_per_mac"] < 0.35
+  assert (result["latency_steps"], result["steps_per_image"]) == (72, 4)
+
