@@ -85,6 +85,12 @@ NOT_RUN_HERE = {
         "the CIFAR-10 sparsity sweep's runs and images",
     "python benchmarks/sparsity.py --dataset fashion_mnist --sweep_workdir runs/sparsity_fm --other_rows_mode fused "
     "--reference checkpoints/fashion_mnist_tiny_sparse": "the trained runs of the Fashion-MNIST sparsity sweep",
+    "python -m ge2ms_jax.main --config experiments/cifar10.py:variant=tiny,cpu,sparse "
+    "--config.data.source=cifar10-train-jpeg.tar.gz --workdir runs/c10_sparse --mode all":
+        "the CIFAR-10 training images as a JPEG archive",
+    "python benchmarks/sparsity.py --dataset cifar10 --sweep_workdir runs/sparsity_c10 --other_rows_mode fused "
+    "--config.data.source=cifar10-train-jpeg.tar.gz --reference checkpoints/cifar10_tiny_sparse":
+        "the CIFAR-10 sparsity sweep's runs and images",
     "python benchmarks/neurons.py": "PyTorch for its reference rows (the --no-torch form runs here)",
     "python -m ge2ms_jax.main --config experiments/fashion_mnist.py:data=fashion_mnist_full "
     "--config.total_epochs=2 --workdir runs/qann_fm_full_2ep --mode train": "the full Fashion-MNIST IDX files",
