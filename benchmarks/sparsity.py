@@ -3,7 +3,7 @@ split and measured once on the test images.
 
     python -m ge2ms_jax.sweep --sweep experiments/sweeps/fashion_mnist_sparsity.py --workdir runs/sparsity_fm
     python benchmarks/sparsity.py --dataset fashion_mnist --sweep_workdir runs/sparsity_fm \
-        --ship checkpoints/fashion_mnist_tiny_sparse
+        --reference checkpoints/fashion_mnist_tiny_sparse
 
 For every run of the sweep (and the shipped model it starts from) this measures, on the "tune" split
 carved from the training set, QANN top-1 and SOPs/MAC (fused simulation: exact operation counts), and
