@@ -54,17 +54,22 @@ def test_shipped_fashion_mnist_model_evaluates(capsys):
   assert presets["int_45nm"]["ann_over_snn"] < presets["fp32_45nm"]["ann_over_snn"]
 
 
-def test_shipped_cifar10_model_converts_losslessly_on_any_images(capsys, tmp_path):
-  # CIFAR-10 itself is not shipped, so this checks what holds for every input: the export loads
-  # into the current `tiny` network, and its SNN predicts what its QANN predicts.
-  rng = np.random.default_rng(0)
-  folder = tmp_path / "images"
+def _random_cifar_folder(folder, per_class: int, seed: int):
+  """An ImageFolder of `per_class` 32x32 RGB images per CIFAR-10 class; returns `folder`."""
+  rng = np.random.default_rng(seed)
   for c in CIFAR10_CLASSES:
     (folder / c).mkdir(parents=True)
-    for i in range(5):
+    for i in range(per_class):
       # Smooth random images (upsampled noise) look more like photographs than white noise does.
       small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
       Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(folder / c / f"{i}.png")
+  return folder
+
+
+def test_shipped_cifar10_model_converts_losslessly_on_any_images(capsys, tmp_path):
+  # CIFAR-10 itself is not shipped, so this checks what holds for every input: the export loads
+  # into the current `tiny` network, and its SNN predicts what its QANN predicts.
+  folder = _random_cifar_folder(tmp_path / "images", per_class=5, seed=0)
   # The experiment's default variant is `s`; the export's recorded model config makes it `tiny`.
   result = _evaluate(capsys, "experiments/cifar10.py", CIFAR10, "--eval_data",
                      str(folder), f"--config.data.data_dir={tmp_path / 'data'}")
@@ -117,13 +122,7 @@ def test_shipped_sparse_fashion_mnist_model_evaluates(capsys):
 
 def test_shipped_sparse_cifar10_model_converts_losslessly_on_any_images(capsys, tmp_path):
   sparse = SPARSE["cifar10"][0]
-  rng = np.random.default_rng(1)
-  folder = tmp_path / "images"
-  for c in CIFAR10_CLASSES:
-    (folder / c).mkdir(parents=True)
-    for i in range(3):
-      small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-      Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(folder / c / f"{i}.png")
+  folder = _random_cifar_folder(tmp_path / "images", per_class=3, seed=1)
   result = _evaluate(capsys, "experiments/cifar10.py", sparse, "--eval_data", str(folder),
                      f"--config.data.data_dir={tmp_path / 'data'}")
   assert result["num_examples"] == 30 and result["agreement"] >= 0.96
