@@ -33,6 +33,7 @@ from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
 from ge2ms_jax import snn
+from ge2ms_jax import sweep
 
 _log = logging.getLogger(__name__)
 
@@ -211,11 +212,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
                   or os.path.exists(training_png))
   trains = spike_trains(config.model, result.snn_variables, images[:1])
   raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
-  result_path = os.path.join(workdir, "result.json")
-  training = None
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      training = {k: v for k, v in json.load(f).items() if k in ("status", "step", "seconds")}
+  run_result = sweep.read_result(workdir)
+  training = ({k: v for k, v in run_result.items() if k in ("status", "step", "seconds")}
+              if run_result else None)
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
       "training": training,

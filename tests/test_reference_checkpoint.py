@@ -96,7 +96,8 @@ def _report(directory):
 def test_shipped_sparse_model_is_sparse_and_as_accurate_in_its_report(name):
   # The reports are the one measurement on all test images, spike by spike: what the README claims.
   sparse, dense, images, ratio = SPARSE[name]
-  s, d = _report(sparse)["metrics"], _report(dense)["metrics"]
+  sparse_report = _report(sparse)
+  s, d = sparse_report["metrics"], _report(dense)["metrics"]
   for m in (s, d):
     assert m["num_examples"] == images and m["snn_mode"] == "spike"
   assert s["eval_data"] == d["eval_data"]
@@ -105,7 +106,7 @@ def test_shipped_sparse_model_is_sparse_and_as_accurate_in_its_report(name):
   assert s["agreement"] >= 0.999
   assert s["ann_macs_per_image"] == d["ann_macs_per_image"]
   meta = json.loads((sparse / "export.json").read_text())
-  assert meta["step"] == _report(sparse)["step"] and meta["notes"]["config"].endswith("sparse")
+  assert meta["step"] == sparse_report["step"] and meta["notes"]["config"].endswith("sparse")
   assert sum(f.stat().st_size for f in sparse.rglob("*") if f.is_file()) <= 10 * 2**20
 
 
