@@ -116,5 +116,19 @@ def test_sparsity_benchmark_quick(tmp_path):
   assert [r["test"] for r in again["rows"]] == [r["test"] for r in saved["rows"]]  # measured once
   assert "(trained on it)" in _load("sparsity").markdown_table(again)
   assert ref["label"] == "sparse reference: w=2, target 0, 1 epochs"  # the recipe the export records
+  assert again["earlier_references"] == []  # the first reference replaces nothing
+  # A new recipe written over the shipped model: the replaced row stays on record, once.
+  report_json = tmp_path / "ship" / "report" / "report.json"
+  rep = json.loads(report_json.read_text())
+  rep["metrics"]["sop_per_mac"] /= 2
+  report_json.write_text(json.dumps(rep))
+  for _ in range(2):
+    assert _load("sparsity").main(["--dataset", "fashion_mnist", "--sweep", spec, "--config", config,
+                                   "--sweep_workdir", str(tmp_path / "sw"), "--max_examples", "32",
+                                   "--reference", str(tmp_path / "ship"), "--out", str(out)]) == 0
+  third = json.loads(out.read_text())["fashion_mnist"]
+  assert third["earlier_references"] == [ref]
+  assert third["reference"]["test"]["sop_per_mac"] == ref["test"]["sop_per_mac"] / 2
+  assert "(earlier recipe, replaced)" in _load("sparsity").markdown_table(third)
   with pytest.raises(SystemExit, match="no .*export.json"):
     _load("sparsity").reference_row(str(tmp_path / "sw"), "test")
