@@ -69,7 +69,7 @@ def cifar_config(arg, dataset):
           f"config string item `sparse` with variant={arg.variant}, cpu={arg.cpu} on {dataset}: it fine-tunes "
           "the shipped checkpoints/cifar10_tiny, so it needs CIFAR-10 and `variant=tiny,cpu` "
           "(experiments/cifar10.py:variant=tiny,cpu,sparse).")
-    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/cifar10_tiny", 7.0))
+    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/cifar10_tiny", 7.0, 0.28))
   if arg.runlocal:
     local = config_utils.load_module(str(pathlib.Path(__file__).with_name("fashion_mnist.py")))
     local.shrink_for_local(config)

@@ -6,7 +6,7 @@
 Config string: `variant=tiny` (model variant), `data=fashion_mnist` (the subset shipped with the
 package; `fashion_mnist_full` reads the full IDX files from `config.data.source`), `runlocal` (a
 minute-long run on a laptop CPU: a narrower model, 20 steps), `sparse` (the recipe of
-`checkpoints/fashion_mnist_tiny_sparse`: 6 epochs of spike-aware fine-tuning of
+`checkpoints/fashion_mnist_tiny_sparse`: 7 epochs of spike-aware fine-tuning of
 `checkpoints/fashion_mnist_tiny`, `sparsity.reference_overrides`):
 
     python -m ge2ms_jax.main --config experiments/fashion_mnist.py:data=fashion_mnist_full,sparse \
@@ -71,7 +71,7 @@ def get_config(arg=None):
   config.evals.batch_size = 256
 
   if arg.sparse:
-    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/fashion_mnist_tiny", 6.0))
+    config_utils.apply_overrides(config, sparsity.reference_overrides("checkpoints/fashion_mnist_tiny", 7.0, 0.295))
   if arg.runlocal:
     shrink_for_local(config)
   return config

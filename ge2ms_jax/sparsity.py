@@ -103,16 +103,22 @@ def target_run(common: dict[str, Any], weight: float, target: float, epochs: flo
                          "total_epochs": float(epochs)})
 
 
-def reference_overrides(init_from: str, epochs: float) -> dict[str, Any]:
+def reference_overrides(init_from: str, epochs: float, target: float) -> dict[str, Any]:
   """The recipe of the shipped sparse models (`checkpoints/*_tiny_sparse`), as config overrides.
 
   Starting from the dense model `init_from` with a fresh optimizer, it trains `epochs` on the whole
-  training split (the test images stay unseen) with `10 * max(0, SOPs/MAC - 0.29)` added to the loss:
-  a target just under the 0.30 goal, so the pull stops once the network is that sparse, and enough
-  epochs at half the dense run's peak learning rate for the accuracy to recover. The weight, target
-  and learning rate are the sweeps' (experiments/sweeps/*_sparsity.py); the model is evaluated once,
-  at the end.
+  training split (the test images stay unseen) with `10 * max(0, SOPs/MAC - target)` added to the loss,
+  at half the dense run's peak learning rate, so that the accuracy recovers while the pull holds the
+  network at the target. The target sits under the 0.30 goal by a 0.01 margin plus how far the
+  evaluated ratio landed from the target on the sweeps' tune split (CIFAR-10: 0.279 at target 0.27,
+  so 0.28; Fashion-MNIST: 0.275 at 0.28, so 0.295). The weight and learning rate are the sweeps'
+  (experiments/sweeps/*_sparsity.py); the model is evaluated once, at the end.
+
+  Args:
+    init_from: the dense export or workdir to fine-tune.
+    epochs: training epochs of the fine-tune.
+    target: the SOPs/MAC below which the loss term is zero.
   """
   return {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": 2e-3,
-          "schedule.warmup_steps": 50, "sparsity.weight": 10.0, "sparsity.target": 0.29,
+          "schedule.warmup_steps": 50, "sparsity.weight": 10.0, "sparsity.target": float(target),
           "sparsity.track": True, "evals.every_steps": 0}

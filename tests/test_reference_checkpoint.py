@@ -14,11 +14,10 @@ from ge2ms_jax.data.sources import CIFAR10_CLASSES
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = REPO / "checkpoints" / "fashion_mnist_tiny"
 CIFAR10 = REPO / "checkpoints" / "cifar10_tiny"
-# The sparse reference models (`sparse` config string): each beside the dense model it was fine-tuned from.
-# Each with the largest SOPs/MAC it reaches on its test images: Fashion-MNIST meets the 0.30 goal;
-# CIFAR-10 misses it by 0.001 (0.301, README) while gaining 0.8 points over its dense model.
-SPARSE = {"fashion_mnist": (REPO / "checkpoints" / "fashion_mnist_tiny_sparse", FASHION_MNIST, 10000, 0.30),
-          "cifar10": (REPO / "checkpoints" / "cifar10_tiny_sparse", CIFAR10, 5000, 0.302)}
+# The sparse reference models (`sparse` config string): each beside the dense model it was fine-tuned
+# from, with the number of test images its report measured.
+SPARSE = {"fashion_mnist": (REPO / "checkpoints" / "fashion_mnist_tiny_sparse", FASHION_MNIST, 10000),
+          "cifar10": (REPO / "checkpoints" / "cifar10_tiny_sparse", CIFAR10, 5000)}
 # The run behind checkpoints/cifar10_tiny scored 81.1% on all 5,000 held-out images; 1,000 of them
 # (standard error about 1.2 points) should not fall below this unless the model is broken.
 CIFAR10_MIN_TOP1 = 0.77
@@ -95,13 +94,14 @@ def _report(directory):
 @pytest.mark.parametrize("name", sorted(SPARSE))
 def test_shipped_sparse_model_is_sparse_and_as_accurate_in_its_report(name):
   # The reports are the one measurement on all test images, spike by spike: what the README claims.
-  sparse, dense, images, ratio = SPARSE[name]
+  sparse, dense, images = SPARSE[name]
   sparse_report = _report(sparse)
   s, d = sparse_report["metrics"], _report(dense)["metrics"]
   for m in (s, d):
     assert m["num_examples"] == images and m["snn_mode"] == "spike"
   assert s["eval_data"] == d["eval_data"]
-  assert s["sop_per_mac"] <= ratio and s["sop_per_mac"] < d["sop_per_mac"] / 2.5
+  # The goal: at most 0.30 SOPs per ANN MAC, within half a point of the dense model, agreement 99.9%.
+  assert s["sop_per_mac"] <= 0.30 and s["sop_per_mac"] < d["sop_per_mac"] / 2.5
   assert s["snn_top1"] >= d["snn_top1"] - 0.005
   assert s["agreement"] >= 0.999
   assert s["ann_macs_per_image"] == d["ann_macs_per_image"]

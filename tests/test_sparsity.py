@@ -293,15 +293,15 @@ def test_tune_split_is_carved_from_train_and_leaves_validation_unchanged():
 
 
 def test_sparse_config_strings_are_the_shipped_sparse_models_recipe():
-  for spec, dense, base_spec, epochs in (
+  for spec, dense, base_spec, epochs, target in (
       ("experiments/fashion_mnist.py:data=fashion_mnist_full,sparse", "checkpoints/fashion_mnist_tiny",
-       "experiments/fashion_mnist.py:data=fashion_mnist_full", 6.0),
+       "experiments/fashion_mnist.py:data=fashion_mnist_full", 7.0, 0.295),
       ("experiments/cifar10.py:variant=tiny,cpu,sparse", "checkpoints/cifar10_tiny",
-       "experiments/cifar10.py:variant=tiny,cpu", 7.0)):
+       "experiments/cifar10.py:variant=tiny,cpu", 7.0, 0.28)):
     config = config_utils.load_config(spec)
     base = config_utils.load_config(base_spec)
     changed = config_utils.diff(config_utils.flatten(base), config_utils.flatten(config))
-    recipe = sparsity.reference_overrides(dense, epochs)
+    recipe = sparsity.reference_overrides(dense, epochs, target)
     assert set(changed) == set(recipe), spec
     assert all(changed[k][1] == recipe[k] for k in recipe), spec
     assert config.init_from == dense and (pathlib.Path(__file__).parents[1] / dense / "export.json").exists()
