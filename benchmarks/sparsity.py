@@ -103,16 +103,14 @@ def reference_row(directory: str, test_split: str) -> dict:
           "tune": None, "test": {k: rep["metrics"][k] for k in ROW_FIELDS}}
 
 
-def _earlier_references(before: dict, test_split: str | None, directory: str | None) -> list[dict]:
+def _earlier_references(before: dict, new: dict | None) -> list[dict]:
   """The replaced reference rows: a shipped sparse model whose export was overwritten by a new recipe
   keeps its measurement here, so a result that missed a goal stays on record beside the one that
-  replaced it."""
+  replaced it. `new` is this invocation's reference row (None when it names none)."""
   earlier = list(before.get("earlier_references", []))
   old = before.get("reference")
-  if directory and old:
-    new = reference_row(directory, test_split)
-    if (old["label"], old["steps"], old["test"]) != (new["label"], new["steps"], new["test"]):
-      earlier.append(old)
+  if new and old and (old["label"], old["steps"], old["test"]) != (new["label"], new["steps"], new["test"]):
+    earlier.append(old)
   return earlier
 
 
@@ -288,6 +286,7 @@ def main(argv=None) -> int:
     print(f"{row['run']}: test QANN {row['test']['qann_top1']:.4f} SNN {row['test']['snn_top1']:.4f} "
           f"agreement {row['test']['agreement']:.4f} SOPs/MAC {row['test']['sop_per_mac']:.3f}")
 
+  reference = reference_row(args.reference, spec["test_split"]) if args.reference else None
   results[args.dataset] = {
       "sweep": args.sweep or spec["sweep"], "config": config_spec, "overrides": {k: _text(v) for k, v in common_overrides.items()},
       "test_split": spec["test_split"], "tune_tolerance": args.tolerance, "max_examples": args.max_examples,
@@ -296,9 +295,8 @@ def main(argv=None) -> int:
       "candidate": candidate["run"] if candidate else None, "ann_macs_per_image": float(models.count(base_config.model)["macs"]),
       "rows": [r for r, *_ in rows], "machine": common.machine(),
       # A reference measured earlier is kept when this invocation names none.
-      "reference": (reference_row(args.reference, spec["test_split"]) if args.reference
-                    else before.get("reference")),
-      "earlier_references": _earlier_references(before, args.reference and spec["test_split"], args.reference)}
+      "reference": reference or before.get("reference"),
+      "earlier_references": _earlier_references(before, reference)}
   path = common.save(results, out, "sparsity.json")
   # The plot sits beside the JSON (benchmarks/results/pareto.png by default).
   plot_pareto(results, path.with_name("pareto.png"))
