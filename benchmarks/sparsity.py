@@ -163,9 +163,10 @@ def plot_pareto(results: dict, path: Path) -> None:
               label="shipped sparse model")
       ax.annotate("sparse reference", (ref["test"]["sop_per_mac"], 100 * ref["test"]["snn_top1"]), fontsize=7,
                   xytext=(6, 4), textcoords="offset points")
-    for old in results[name].get("earlier_references", []):
+    for i, old in enumerate(results[name].get("earlier_references", [])):
+      # One legend entry however many recipes were replaced.
       ax.plot([old["test"]["sop_per_mac"]], [100 * old["test"]["snn_top1"]], "*", ms=11, mfc="none",
-              color="tab:orange", label="replaced sparse recipe")
+              color="tab:orange", label=None if i else "replaced sparse recipe")
     ax.axvline(0.30, color="tab:green", ls="--", lw=0.8, label="0.30 x ANN MACs")
     ax.axvline(1.0, color="k", ls=":", lw=0.8, label="as many SOPs as ANN MACs")
     ax.set_xlabel("SNN synaptic operations / ANN MACs (per image)")
