@@ -20,8 +20,13 @@ per image, under a named energy preset (`ENERGY_PRESETS`, Horowitz, ISSCC 2014, 
   logic); otherwise it is a multiplication (`E_scale`, by default the preset's `E_MAC`). The
   attention's `2**-k` output scale is one shift per output. All counts are reported, whatever their
   price.
-* `sop_per_mac` (SNN SOPs per image / ANN MACs per image) is the hardware-independent number: the
-  energy ratio of any preset follows from it and the preset's `E_MAC / E_AC`.
+* Real multiplications besides the encoding layer's MACs are `scalings`: rescales by a non-power-of-
+  two step weight, the thresholds θ of both operands of an attention product (one multiplication
+  per output element, and one per element of a spike-train operand whose value is taken), and the
+  mean over tokens of the head when the token count is not a power of two.
+* `ops_per_mac = (SOPs + encoding MACs + scalings) / ANN MACs` per image counts every operation the
+  SNN performs but the power-of-two shifts: the number that "fewer operations than the ANN" is
+  stated on. `sop_per_mac` (SOPs alone per ANN MAC) is kept beside it.
 """
 
 from __future__ import annotations
@@ -150,6 +155,16 @@ class EnergyReport:
     return self.sops / self.ann_macs if self.ann_macs else float("inf")
 
   @property
+  def ops(self) -> float:
+    """Every operation of the SNN per image but the power-of-two shifts: SOPs + encoding MACs + scalings."""
+    return self.sops + self.macs_first + self.scalings
+
+  @property
+  def ops_per_mac(self) -> float:
+    """SNN operations per image (`ops`: SOPs, encoding MACs, real multiplications) / ANN MACs per image."""
+    return self.ops / self.ann_macs if self.ann_macs else float("inf")
+
+  @property
   def snn_check(self) -> str:
     """Whether the statistics come from a spike-by-spike, multiplication-free-checked run."""
     return check_label(self.snn_mode)
@@ -179,6 +194,8 @@ class EnergyReport:
     d = dataclasses.asdict(self)
     d["ratio_ann_over_snn"] = self.ratio
     d["sop_per_mac"] = self.sop_per_mac
+    d["ops_per_image"] = self.ops
+    d["ops_per_mac"] = self.ops_per_mac
     d["snn_check"] = self.snn_check
     d["energy_presets"] = self.presets()
     return d
@@ -206,6 +223,7 @@ class EnergyReport:
               f"{self.spikes_per_neuron:.3f} spikes/neuron, firing rate {self.firing_rate:.4f})",
               f"ANN: {self.ann_mj:.5f} mJ/image  ({self.ann_macs:.4g} MACs)   ANN/SNN = {self.ratio:.2f}x",
               f"SOPs/MAC {self.sop_per_mac:.3f}  (SNN SOPs per image / ANN MACs per image)",
+              f"ops/MAC {self.ops_per_mac:.3f}  ((SOPs + encoding MACs + scalings) per image / ANN MACs per image)",
               f"constants ({self.model.label}): E_MAC {self.model.e_mac_pj} pJ, E_AC {self.model.e_ac_pj} pJ, "
               f"E_shift {self.model.e_shift_pj} pJ, E_scale {self.model.scale_pj} pJ; {self.num_images} images"]
     for name, e in self.presets().items():

@@ -38,6 +38,8 @@ class SnnEvaluation:
       by default the "fp32_45nm" preset), `energy_model`, `energy_presets` (`{preset:
       {"snn_mj_per_image", "ann_mj_per_image", "ann_over_snn"}}` for every preset),
       `sops_per_image`, `ann_macs_per_image`, `sop_per_mac`, `encoding_macs_per_image`,
+      `scalings_per_image`, `ops_per_image` and `ops_per_mac` (SOPs + encoding MACs + real
+      multiplications, per ANN MAC; `energy.EnergyReport.ops_per_mac`),
       `time_steps`, `latency_steps`, `steps_per_image`, `spikes_per_neuron`, `firing_rate`,
       `snn_mode`, `snn_check`, `eval_data`, `seconds`.
     energy: the full per-layer `EnergyReport`.
@@ -137,7 +139,8 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       "latency_steps": lat["latency_steps"], "steps_per_image": lat["steps_per_image"],
       "spikes_per_neuron": report.spikes_per_neuron, "firing_rate": report.firing_rate,
       "sops_per_image": report.sops, "ann_macs_per_image": report.ann_macs, "sop_per_mac": report.sop_per_mac,
-      "encoding_macs_per_image": report.macs_first, "snn_mode": mode, "snn_check": report.snn_check,
+      "encoding_macs_per_image": report.macs_first, "scalings_per_image": report.scalings,
+      "ops_per_image": report.ops, "ops_per_mac": report.ops_per_mac, "snn_mode": mode, "snn_check": report.snn_check,
       "eval_data": eval_data or split, "seconds": time.time() - start,
   }
   return SnnEvaluation(metrics=metrics, energy=report, snn_variables=snn_variables)

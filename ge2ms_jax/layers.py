@@ -286,6 +286,7 @@ class Synapse(nn.Module):
       theta = jnp.asarray(x.theta, kernel.dtype)
       w = _input_theta_kernel(kernel, theta, self.groups) if theta.ndim else kernel * theta
       s = x.spikes
+      sp.check_binary(self, "synapse", s)
       y_steps = op(s, w)  # [S, ..., H', W', Cout]: time folded into the batch
       y = jnp.tensordot(x.scales.astype(y_steps.dtype), y_steps, axes=1)
       per_step = _box_sum(jnp.sum(s, axis=-1), k, self.stride)  # [S, ...]
@@ -457,6 +458,7 @@ def add_to_current(module: nn.Module, current: Array, shortcut: Any, name: str =
   """
   if isinstance(shortcut, sp.SpikeTrain):
     s = shortcut.spikes
+    sp.check_binary(module, name, s)
     per_step = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
     module.sow("stats", name, {"order": sp.trace_order(), "sops": jnp.sum(per_step), "sops_per_step": per_step,
                                "binary": sp.is_binary(s), "macs": jnp.zeros(())})

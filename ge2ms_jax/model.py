@@ -260,8 +260,11 @@ class AttnBlock(_Parts):
     def matmul(subscripts, a, b):
       # Products of spike operands are recorded (a no-op unless "stats" is mutable): the SNN's
       # statistics, and the QANN's estimate of them in spike-aware training.
-      return sp.spike_einsum(subscripts, a, b, lambda stats: self.sow("stats", f"attn_{next(names)}", stats),
-                             spiking="/".join(self.path) if self.mode == "spike" else None)
+      name = f"attn_{next(names)}"
+      spiking = self.mode == "spike"
+      return sp.spike_einsum(subscripts, a, b, lambda stats: self.sow("stats", name, stats),
+                             spiking="/".join(self.path) if spiking else None,
+                             check=(lambda spikes: sp.check_binary(self, name, spikes)) if spiking else None)
 
     a = attention.gw_ssa(q, k, v, (hh, ww), self.window_sizes, self.heads_per_window, self.shifts,
                          matmul=matmul)
@@ -351,7 +354,16 @@ class Ge2msNet(nn.Module):
     # first; this order keeps every synaptic operand binary in the SNN.
     head = L.Synapse(cfg.num_classes, 1, use_bias=True, mode=self.mode, dtype=dtype, name="head",
                      kernel_init=nn.initializers.zeros_init(), conv_impl=conv_impl)
-    logits = jnp.mean(head(x).astype(jnp.promote_types(dtype, jnp.float32)), axis=(-3, -2))
+    per_token = head(x).astype(jnp.promote_types(dtype, jnp.float32))
+    logits = jnp.mean(per_token, axis=(-3, -2))
+    if self.mode in L.FOLDED_MODES:
+      # The mean over tokens: a shift per logit for a power-of-two token count, else a multiplication.
+      tokens = per_token.shape[-3] * per_token.shape[-2]
+      n = float(logits.size)
+      pow2 = tokens & (tokens - 1) == 0
+      self.sow("stats", "head_mean", {"order": sp.trace_order(), "sops": jnp.zeros(()), "binary": jnp.asarray(True),
+                                      "shifts": jnp.asarray(n if pow2 else 0.0, jnp.float32),
+                                      "scalings": jnp.asarray(0.0 if pow2 else n, jnp.float32)})
     if self.mode == "stbp":
       logits = jnp.mean(logits, axis=0)
     return logits

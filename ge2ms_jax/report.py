@@ -6,7 +6,7 @@
 it, evaluates the QANN and the spiking SNN on the evaluation split, checks them layer by layer on a
 batch, and writes into `<workdir>/report/`:
 
-* `report.json`: the evaluation metrics (accuracy, SOPs/image, ANN MACs/image, SOPs/MAC, energy under
+* `report.json`: the evaluation metrics (accuracy, SOPs/image, ANN MACs/image, SOPs/MAC, ops/MAC, energy under
   every preset of `energy.ENERGY_PRESETS`, latency, `snn_check`), the latency path, energy per layer,
   the verification table, where things are;
 * `report.md`: the same for people;
@@ -159,6 +159,8 @@ def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) 
       f"| SNN encoding-layer MACs per image | {m['encoding_macs_per_image']:.4g} |",
       f"| ANN MACs per image (same network, all MACs) | {m['ann_macs_per_image']:.4g} |",
       f"| SOPs / MAC (SNN SOPs per ANN MAC, hardware-independent) | {m['sop_per_mac']:.3f} |",
+      f"| SNN real multiplications per image besides the encoding MACs (scalings) | {m['scalings_per_image']:.4g} |",
+      f"| **ops / MAC** (SNN SOPs + encoding MACs + scalings, per ANN MAC) | **{m['ops_per_mac']:.3f}** |",
       *([f"| training cost (this workdir's run, every invocation) | {summary['training']['step']} steps, "
          f"{summary['training']['seconds'] / 60:.0f} min |"] if (summary.get("training") or {}).get("seconds") else []),
       *(f"| {label} | {value} |" for label, value in _preset_rows(m)), "",
@@ -244,8 +246,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       f"latency               latency_steps {m['latency_steps']} (first input step to complete output)   "
       f"steps_per_image {m['steps_per_image']} (layer-pipelined: a new image every {m['steps_per_image']} steps)",
       f"spikes per neuron     {m['spikes_per_neuron']:.4f}   (firing rate {m['firing_rate']:.4f})",
-      f"operations per image  SNN {m['sops_per_image']:.4g} SOPs (+ {m['encoding_macs_per_image']:.4g} encoding "
-      f"MACs)   ANN {m['ann_macs_per_image']:.4g} MACs   SOPs/MAC {m['sop_per_mac']:.3f}",
+      f"operations per image  SNN {m['sops_per_image']:.4g} SOPs + {m['encoding_macs_per_image']:.4g} encoding "
+      f"MACs + {m['scalings_per_image']:.4g} scalings   ANN {m['ann_macs_per_image']:.4g} MACs",
+      f"operations per MAC    ops/MAC {m['ops_per_mac']:.3f}   (SOPs/MAC {m['sop_per_mac']:.3f})",
   ]
   for name, e in m["energy_presets"].items():
     lines.append(f"energy per image      {name:<9}  SNN {e['snn_mj_per_image']:.6f} mJ   ANN "

@@ -68,7 +68,8 @@ class LayerStats:
       power-of-two base, multiplications otherwise), once per output and group.
     spikes, neurons, steps: for neuron sites: spikes fired, neurons (per window), time steps.
     code: `(base, groups)` of a neuron site.
-    per_step: spikes (neurons) or synaptic operations (synapses) per time step, spike mode only.
+    per_step: spikes (neurons) or synaptic operations (synapses) per time step, spike mode only
+      (None for an attention product whose head groups' spike operands differ in time steps).
   """
   name: str
   kind: str
@@ -115,23 +116,63 @@ def _frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDic
   return ml_collections.FrozenConfigDict(config)
 
 
+def _mutable(mode: str, stats: bool) -> list[str]:
+  """The collections a run makes mutable: the statistics if wanted, the operand checks in spike mode."""
+  return (["stats"] if stats else []) + ([sp.CHECKS] if mode == "spike" else [])
+
+
 @functools.lru_cache(maxsize=16)
 def _apply_fn(config: ml_collections.FrozenConfigDict, mode: str, stats: bool = True):
+  """`run(variables, images) -> (logits, stats)`, jitted once per (config, mode, stats); in spike
+  mode it raises `MultiplicationFreeError` when a spike-train operand held a value other than 0 or 1.
+  `run.lower` compiles the same program ahead of time."""
   net = models.build(config, mode=mode)
+  mutable = _mutable(mode, stats)
 
   @jax.jit
-  def run(variables, images):
-    if not stats:
-      return net.apply(variables, images), {}
-    logits, state = net.apply(variables, images, mutable=["stats"])
-    return logits, state["stats"]
+  def jitted(variables, images):
+    if not mutable:
+      return net.apply(variables, images), {}, {}
+    logits, state = net.apply(variables, images, mutable=mutable)
+    return logits, state.get("stats", {}), state.get(sp.CHECKS, {})
 
+  def run(variables, images):
+    logits, collected, checks = jitted(variables, images)
+    raise_unless_binary(checks)
+    return logits, collected
+
+  run.lower = jitted.lower
   return run
+
+
+def raise_unless_binary(checks: Mapping[str, Any]) -> None:
+  """Raises if any operand check of a spike-mode run (the `"checks"` collection) failed.
+
+  Raises:
+    MultiplicationFreeError: naming every layer whose spike-train operand held a value not in {0, 1}.
+  """
+  bad: list[str] = []
+
+  def visit(tree, path):
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        visit(value, path + [key])
+      elif not all(bool(np.all(np.asarray(v))) for v in value):
+        name = "/".join(path if key == "synapse" else path + [key])
+        bad.append(name[: -len("/syn")] if name.endswith("/syn") else name)
+
+  visit(checks, [])
+  if bad:
+    raise MultiplicationFreeError(
+        "spike-train operands holding values other than 0 and 1 (graded values: multiplications in the "
+        "spiking network) at: " + ", ".join(sorted(bad)))
 
 
 def _kind(key: str) -> str:
   if key in ("neuron", "synapse"):
     return key
+  if key == "head_mean":
+    return "scale"
   return "attention" if re.fullmatch(r"attn_(p\d+|scale)", key) else "shortcut"
 
 
@@ -157,6 +198,7 @@ def collect_stats(stats: Mapping[str, Any]) -> list[LayerStats]:
       kind = _kind(key)
       row = LayerStats(name=name, kind=kind)
       order[name] = min(int(np.min(e["order"])) for e in value) if all("order" in e for e in value) else 0
+      ragged = False
       for entry in value:
         entry = jax.tree.map(np.asarray, entry)
         if "binary" in entry and not bool(entry["binary"]):
@@ -171,8 +213,13 @@ def collect_stats(stats: Mapping[str, Any]) -> list[LayerStats]:
           row.steps = int(entry["steps"])
           row.code = tuple(int(c) for c in entry["code"])
         per_step = entry.get("spikes_per_step", entry.get("sops_per_step", entry.get("nnz")))
-        if per_step is not None:
+        if per_step is not None and not ragged:
           ps = np.asarray(per_step, np.float64)
+          if row.per_step is not None and len(row.per_step) != len(ps):
+            # Head groups whose spike operands have different codes (time steps): their steps do
+            # not line up, so the row has no per-step profile.
+            ragged, row.per_step = True, None
+            continue
           row.per_step = ps.tolist() if row.per_step is None else (np.asarray(row.per_step) + ps).tolist()
       rows.append(row)
 
@@ -201,7 +248,8 @@ def simulate(snn_variables: Mapping[str, Any], images: Array, mode: str = "spike
     `SimResult(logits [B, classes], layers, num_images=B)` (`layers` empty without statistics).
 
   Raises:
-    ValueError: for an unknown mode; MultiplicationFreeError: if a product lost its binary operand.
+    ValueError: for an unknown mode; MultiplicationFreeError: if a product lost its binary operand,
+      or a spike-train operand held values other than 0 and 1.
   """
   if mode not in SIM_MODES:
     raise ValueError(f"simulate: mode must be one of {SIM_MODES}, got {mode!r}.")
@@ -245,11 +293,15 @@ def neuron_site_outputs(net: nn.Module, variables, images, *, stats: bool = True
   Args:
     net: a built network (any mode); variables: its variables; images: `[B, H, W, C]`.
     stats: make the `"stats"` collection mutable (the fused and QANN neurons then return `Coded`
-      values, and spike mode runs its operand checks); without it spike mode compiles faster.
+      values); without it spike mode compiles faster. Spike mode checks every spike-train operand
+      either way.
 
   Returns:
     `(logits [B, classes], {site: output})`: arrays (QANN), `spikes.Coded` (fused, QANN with stats)
     or `spikes.SpikeTrain` (spike mode; `.spikes` is `[T, B, H, W, C]`).
+
+  Raises:
+    MultiplicationFreeError: in spike mode, when a spike-train operand held values other than 0, 1.
   """
   order: list[str] = []
 
@@ -261,11 +313,12 @@ def neuron_site_outputs(net: nn.Module, variables, images, *, stats: bool = True
 
   @jax.jit
   def run(variables, images):
-    logits, state = net.apply(variables, images, mutable=["intermediates"] + (["stats"] if stats else []),
+    logits, state = net.apply(variables, images, mutable=["intermediates"] + _mutable(net.mode, stats),
                               capture_intermediates=is_neuron)
-    return logits, state["intermediates"]
+    return logits, state["intermediates"], state.get(sp.CHECKS, {})
 
-  logits, inter = run(variables, images)
+  logits, inter, checks = run(variables, images)
+  raise_unless_binary(checks)
   out = {}
 
   def visit(tree, path):

@@ -163,7 +163,7 @@ def einsum_fanout(subscripts: str, train_left: bool, train_shape: tuple[int, ...
 
 
 def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None] | None = None, *,
-                 spiking: str | None = None) -> Array:
+                 spiking: str | None = None, check: Callable[[Array], None] | None = None) -> Array:
   """An einsum in which one operand may be a spike train; the other is used as its dense value.
 
   With a train operand the product is `sum_s scales[s] * theta * einsum(spikes[s], other)`: the
@@ -173,9 +173,14 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
   Args:
     subscripts: einsum subscripts `"...ab,...bc->...ac"` with a leading ellipsis on every operand.
     a, b: dense arrays, `Coded` values or `SpikeTrain`s (a train with a scalar threshold).
-    record: called with `{"sops", "binary", "nnz"}` when a train or coded operand is present.
+    record: called with `{"sops", "binary", "nnz", "shifts", "scalings"}` when a train or coded operand
+      is present. `scalings` counts the real multiplications: one per output element by the train's
+      threshold θ, and, when the other operand is a train (or coded) too, one per element of it by
+      its θ (its value `θ * level`); the power-of-two step weights are `shifts`.
     spiking: the calling layer's name when it runs in spike mode: a product without a spike-train
       operand is then a multiplication of two real-valued tensors, and an error naming the layer.
+    check: called with the train operand's spikes whenever there is one, statistics or not (a
+      model passes `check_binary`), so that graded values cannot pass as spikes.
 
   Returns:
     the dense product.
@@ -189,9 +194,9 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
         f"(operands {type(a).__name__} {tuple(a.shape)} and {type(b).__name__} {tuple(b.shape)}); it "
         "would multiply two real-valued tensors. Feed one operand from a neuron site.")
   if isinstance(a, SpikeTrain):
-    train, other, left = a, dense(b), True
+    train, other, left, other_coded = a, dense(b), True, isinstance(b, (SpikeTrain, Coded))
   elif isinstance(b, SpikeTrain):
-    train, other, left = b, dense(a), False
+    train, other, left, other_coded = b, dense(a), False, isinstance(a, (SpikeTrain, Coded))
   elif isinstance(a, Coded) or isinstance(b, Coded):
     # Fused path: the value times the other operand; the synaptic operations follow from the spike
     # counts, because the fan-out of a spike does not depend on its step.
@@ -200,8 +205,10 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
     out = jnp.einsum(subscripts, coded.value, other) if left else jnp.einsum(subscripts, other, coded.value)
     if record is not None:
       fanout = einsum_fanout(subscripts, left, coded.shape, other.shape)
+      both = isinstance(a, Coded) and isinstance(b, Coded)
       record({"sops": jnp.sum(coded.counts) * fanout, "binary": jnp.asarray(True),
-              "order": trace_order(), **rescale_stats(out.size, coded.base, coded.groups)})
+              "order": trace_order(), **rescale_stats(out.size, coded.base, coded.groups,
+                                                      theta_scalings=out.size + (other.size if both else 0))})
     return out
   else:
     return jnp.einsum(subscripts, dense(a), dense(b))
@@ -209,6 +216,8 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
     raise ValueError("spike_einsum: a spike train entering an activation-activation product needs a "
                      f"scalar threshold, got shape {jnp.shape(train.theta)}.")
   spikes = train.spikes
+  if check is not None:
+    check(spikes)
   other = other.astype(spikes.dtype)
   out = jnp.einsum(subscripts, spikes, other) if left else jnp.einsum(subscripts, other, spikes)
   out = jnp.tensordot(train.scales, out, axes=1) * train.theta
@@ -216,17 +225,46 @@ def spike_einsum(subscripts: str, a: Any, b: Any, record: Callable[[dict], None]
     fanout = einsum_fanout(subscripts, left, train.shape, other.shape)
     nnz = jnp.sum(spikes.reshape(spikes.shape[0], -1), axis=1)
     record({"sops": jnp.sum(nnz) * fanout, "nnz": nnz, "binary": is_binary(spikes),
-            "order": trace_order(), **rescale_stats(out.size, train.base, train.groups)})
+            "order": trace_order(),
+            **rescale_stats(out.size, train.base, train.groups,
+                            theta_scalings=out.size + (other.size if other_coded else 0))})
   return out
 
 
-def rescale_stats(outputs: int, base: int, groups: int) -> dict[str, Array]:
+def rescale_stats(outputs: int, base: int, groups: int, theta_scalings: int = 0) -> dict[str, Array]:
   """Per-window accumulator rescalings of a synapse with `outputs` output elements fed by a (base,
-  groups) code: shifts for a power-of-two base, multiplications otherwise."""
+  groups) code: shifts for a power-of-two base, multiplications otherwise; plus `theta_scalings`
+  real multiplications by thresholds (activation-activation products, whose θ cannot be folded into
+  a weight)."""
   n = float(outputs) * groups
   pow2 = base & (base - 1) == 0
   return {"shifts": jnp.asarray(n if pow2 else 0.0, jnp.float32),
-          "scalings": jnp.asarray(0.0 if pow2 else n, jnp.float32)}
+          "scalings": jnp.asarray((0.0 if pow2 else n) + float(theta_scalings), jnp.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The multiplication-free check on values
+# ---------------------------------------------------------------------------------------------
+CHECKS = "checks"  # the Flax collection every spike-mode product writes its operand check into
+
+
+def check_binary(module: Any, name: str, spikes: Array) -> None:
+  """Records, in the `"checks"` collection of `module`, whether `spikes` are all 0 or 1.
+
+  Every consumer of a `SpikeTrain` in spike mode calls this, with or without statistics: a train of
+  graded values (a multiplication in disguise) is then found by whoever runs the network
+  (`snn.raise_unless_binary`). A spike-mode network applied without the collection mutable refuses
+  to run, since its products would go unchecked.
+
+  Raises:
+    MultiplicationFreeError: when the `"checks"` collection is not mutable.
+  """
+  if not module.sow(CHECKS, name, is_binary(spikes)):
+    raise MultiplicationFreeError(
+        f"{'/'.join(str(p) for p in module.path)}: spike mode checks that every spike-train operand is "
+        f"binary, but the {CHECKS!r} collection is not mutable; run the network with "
+        f"`apply(..., mutable=[{CHECKS!r}, ...])`, or through snn.simulate / snn.neuron_site_outputs, "
+        "which do and raise if a check fails.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,23 @@ What it simulates (one window of T steps per neuron; T = G (b - 1) may differ pe
 * Shortcuts are identity synapses: the shortcut's spikes are integrated into the next membrane.
 * Head: a per-token linear layer on the last spikes, then the mean over tokens.
 
+Operation count (`Result.ops`), per layer and from the oracle's own spikes, with every fan-out
+derived here from the layer shapes (METHOD.md §4 and docs/energy.md for the conventions):
+
+* a synapse fed by spikes: each spike at grid position (y, x) reaches every output position whose
+  k x k window (stride s, padding k // 2) covers (y, x), times the output channels of its group;
+* the encoding layer: multiply-accumulates, outputs x k·k·Cin/groups (padding taps included, as the
+  ANN count has them);
+* a shortcut: one accumulate per incoming spike;
+* an attention product: each spike of its spike operand (the left one if both are spike trains)
+  accumulates the other operand over that operand's free axis: the window's token slots (padding
+  slots included) for Q K^T and S V, the head dim for K^T V and Q (K^T V); the order is the cheaper
+  one, Q (K^T V) when a window holds more tokens than the head dim;
+* real multiplications ("scalings"): one per output element of each attention product by its
+  spike operand's threshold, one per element of a spike-train operand taken by value (θ · level),
+  one per output and group for a synapse or product fed by a code whose base is not a power of two,
+  and one per logit for the mean over a token count that is not a power of two.
+
 Teacher forcing: given `forced` spike trains (e.g. the production path's own spikes), every site
 still fires from its own current but passes the forced spikes on, so each site can be compared with
 the production site given identical inputs (float32 flips then do not compound).
@@ -305,6 +322,73 @@ def gw_ssa_current(q: Train, k: Train, v: Train, model_config: Any, dtype,
 
 
 # ---------------------------------------------------------------------------------------------
+# Operation counts
+# ---------------------------------------------------------------------------------------------
+def _pow2(n: int) -> bool:
+  return n >= 1 and (n & (n - 1)) == 0
+
+
+def reach(n: int, k: int, stride: int) -> np.ndarray:
+  """`[n]` int: along one axis of length n, how many outputs of a k-tap, stride-s, padding-k//2
+  convolution read input index i (output o reads inputs o*s - k//2 .. o*s - k//2 + k - 1)."""
+  pad = k // 2
+  outputs = (n + 2 * pad - k) // stride + 1
+  first = np.arange(outputs) * stride - pad
+  i = np.arange(n)[:, None]
+  return np.sum((i >= first[None, :]) & (i <= first[None, :] + k - 1), axis=1)
+
+
+def synapse_ops(x: Any, kernel_shape: tuple[int, ...], stride: int, groups: int) -> dict[str, float]:
+  """Operations of one synaptic layer over the batch: `{"sops", "macs", "scalings"}`.
+
+  Args:
+    x: a `Train` (spikes) or real-valued images `[B, H, W, Cin]` (the encoding layer).
+    kernel_shape: `(k, k, Cin/groups, Cout)`.
+  """
+  k, _, ipg, cout = kernel_shape
+  b, h, w = x.spikes.shape[1:4] if isinstance(x, Train) else np.shape(x)[:3]
+  ho, wo = (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1
+  if not isinstance(x, Train):
+    return {"sops": 0.0, "macs": float(b * ho * wo * cout * k * k * ipg), "scalings": 0.0}
+  rows, cols = reach(h, k, stride), reach(w, k, stride)
+  per_position = x.spikes.sum(axis=(0, 1, 4), dtype=np.int64)  # [H, W]: over steps, batch, channels
+  sops = float(np.sum(per_position * np.outer(rows, cols))) * (cout // groups)
+  outputs = b * ho * wo * cout
+  return {"sops": sops, "macs": 0.0, "scalings": 0.0 if _pow2(x.base) else float(outputs * x.groups)}
+
+
+def gw_ssa_ops(q: Train, k: Train, v: Train, model_config: Any) -> dict[str, dict[str, float]]:
+  """Operations of the two attention products over the batch: `{"p1": {...}, "p2": {...}}`, each
+  `{"sops", "macs", "scalings"}`, summed over the head groups (see the module docstring)."""
+  hd = int(_get(model_config, "head_dim"))
+  hpw = [int(n) for n in _get(model_config, "heads_per_window")]
+  _, b, h, w, _ = q.spikes.shape
+  out = {"p1": dict(sops=0.0, macs=0.0, scalings=0.0), "p2": dict(sops=0.0, macs=0.0, scalings=0.0)}
+  start = 0
+  for m, n_heads in zip(window_sizes(model_config), hpw):
+    win_h, win_w = (h, w) if m == GLOBAL else (m, m)
+    slots = win_h * win_w
+    n_windows = (-(-h // win_h)) * (-(-w // win_w))
+    channels = slice(start * hd, (start + n_heads) * hd)
+    start += n_heads
+    nnz = {name: float(t.spikes[..., channels].sum(dtype=np.int64)) for name, t in (("q", q), ("k", k), ("v", v))}
+    operand = b * n_windows * slots * n_heads * hd  # elements of a windowed q, k, v or of the output
+    if slots > hd:  # Q (K^T V): K^T V, then Q times it
+      inner = b * n_windows * n_heads * hd * hd
+      p1 = dict(sops=nnz["k"] * hd, scalings=inner + operand, rescale=(k, inner))
+      p2 = dict(sops=nnz["q"] * hd, scalings=operand, rescale=(q, operand))
+    else:  # (Q K^T) V
+      inner = b * n_windows * n_heads * slots * slots
+      p1 = dict(sops=nnz["q"] * slots, scalings=inner + operand, rescale=(q, inner))
+      p2 = dict(sops=nnz["v"] * slots, scalings=operand, rescale=(v, operand))
+    for name, part in (("p1", p1), ("p2", p2)):
+      train, outputs = part["rescale"]
+      out[name]["sops"] += part["sops"]
+      out[name]["scalings"] += part["scalings"] + (0.0 if _pow2(train.base) else float(outputs * train.groups))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -315,10 +399,14 @@ class Result:
     logits: `[B, classes]` in the simulation dtype.
     spikes: `{site: [T, B, H, W, C] bool}` fired by the oracle at every computed site, network order.
     currents: `{site: [B, H, W, C]}` integrated current before the rounding shift (`return_currents`).
+    ops: `{layer: {"sops", "macs", "scalings"}}` totals over the batch, for every synaptic layer,
+      shortcut, attention product and the head's mean, named as the production statistics name
+      them (complete only when every site is computed).
   """
   logits: np.ndarray | None
   spikes: dict[str, np.ndarray]
   currents: dict[str, np.ndarray]
+  ops: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
   def __iter__(self):
     """Unpacks as `logits, spikes = simulate(...)`."""
@@ -339,6 +427,7 @@ class _Sim:
     self.check_orders = check_orders
     self.spikes: dict[str, np.ndarray] = {}
     self.currents: dict[str, np.ndarray] = {}
+    self.ops: dict[str, dict[str, float]] = {}
 
   def _param(self, path: str) -> Mapping[str, Any]:
     node = self.p
@@ -367,53 +456,71 @@ class _Sim:
       raise ValueError(f"{site}: {spikes.shape[0]} steps, code ({base}, {groups}) has {groups * (base - 1)}")
     return Train(spikes=spikes, theta=theta, base=base, groups=groups)
 
+  def count(self, name: str, ops: Mapping[str, float]) -> None:
+    row = self.ops.setdefault(name, dict(sops=0.0, macs=0.0, scalings=0.0))
+    for key in row:
+      row[key] += float(ops.get(key, 0.0))
+
+  def synapse(self, x: Any, path: str, stride: int = 1, groups: int = 1) -> np.ndarray:
+    """The current of the synaptic layer `path` on `x`; its operations are counted under `path`."""
+    syn = self.syn(path)
+    self.count(path, synapse_ops(x, np.shape(syn["kernel"]), stride, groups))
+    return synapse_current(x, syn, self.dtype, stride, groups)
+
+  def shortcut(self, v: np.ndarray, x: Train, name: str) -> np.ndarray:
+    """`v` plus the shortcut's spikes; one accumulate per spike, counted under `name`."""
+    self.count(name, {"sops": float(x.spikes.sum(dtype=np.int64))})
+    return integrate_shortcut(v, x, self.dtype)
+
   def conv_block(self, x: Train, path: str) -> Train:
-    dt = self.dtype
     c = x.spikes.shape[-1]
-    h = self.neuron(f"{path}/mix_n_dw", lambda: synapse_current(x, self.syn(f"{path}/mix_dw"), dt, groups=c))
-    x = self.neuron(f"{path}/mix_n_out", lambda: integrate_shortcut(
-        synapse_current(h, self.syn(f"{path}/mix_pw"), dt), x, dt))
-    h = self.neuron(f"{path}/ffn_n_up", lambda: synapse_current(x, self.syn(f"{path}/ffn_up"), dt))
+    h = self.neuron(f"{path}/mix_n_dw", lambda: self.synapse(x, f"{path}/mix_dw", groups=c))
+    x = self.neuron(f"{path}/mix_n_out", lambda: self.shortcut(
+        self.synapse(h, f"{path}/mix_pw"), x, f"{path}/mix_shortcut"))
+    h = self.neuron(f"{path}/ffn_n_up", lambda: self.synapse(x, f"{path}/ffn_up"))
     ch = h.spikes.shape[-1]
-    h = self.neuron(f"{path}/ffn_n_dw", lambda: synapse_current(h, self.syn(f"{path}/ffn_dw"), dt, groups=ch))
-    return self.neuron(f"{path}/ffn_n_out", lambda: integrate_shortcut(
-        synapse_current(h, self.syn(f"{path}/ffn_down"), dt), x, dt))
+    h = self.neuron(f"{path}/ffn_n_dw", lambda: self.synapse(h, f"{path}/ffn_dw", groups=ch))
+    return self.neuron(f"{path}/ffn_n_out", lambda: self.shortcut(
+        self.synapse(h, f"{path}/ffn_down"), x, f"{path}/ffn_shortcut"))
 
   def attn_block(self, x: Train, path: str) -> Train:
     dt = self.dtype
     c = x.spikes.shape[-1]
-    q, k, v = (self.neuron(f"{path}/attn_{n}", lambda n=n: synapse_current(x, self.syn(f"{path}/attn_w{n}"), dt))
+    q, k, v = (self.neuron(f"{path}/attn_{n}", lambda n=n: self.synapse(x, f"{path}/attn_w{n}"))
                for n in ("q", "k", "v"))
 
     def mix():
-      current = synapse_current(v, self.syn(f"{path}/attn_dw_v"), dt, groups=c)
+      current = self.synapse(v, f"{path}/attn_dw_v", groups=c)
+      for name, ops in gw_ssa_ops(q, k, v, self.cfg).items():
+        self.count(f"{path}/attn_{name}", ops)
       return current + gw_ssa_current(q, k, v, self.cfg, dt, self.check_orders)
 
     h = self.neuron(f"{path}/attn_n_mix", mix)
-    x = self.neuron(f"{path}/attn_n_out", lambda: integrate_shortcut(
-        synapse_current(h, self.syn(f"{path}/attn_proj"), dt), x, dt))
-    h = self.neuron(f"{path}/mlp_n_up", lambda: synapse_current(x, self.syn(f"{path}/mlp_up"), dt))
-    return self.neuron(f"{path}/mlp_n_out", lambda: integrate_shortcut(
-        synapse_current(h, self.syn(f"{path}/mlp_down"), dt), x, dt))
+    x = self.neuron(f"{path}/attn_n_out", lambda: self.shortcut(
+        self.synapse(h, f"{path}/attn_proj"), x, f"{path}/attn_shortcut"))
+    h = self.neuron(f"{path}/mlp_n_up", lambda: self.synapse(x, f"{path}/mlp_up"))
+    return self.neuron(f"{path}/mlp_n_out", lambda: self.shortcut(
+        self.synapse(h, f"{path}/mlp_down"), x, f"{path}/mlp_shortcut"))
 
   def run(self, images: np.ndarray, with_logits: bool) -> Result:
     dt = self.dtype
     cfg = self.cfg
     stem_stride = 2 if int(_get(cfg, "image_size")) > 64 else 1
-    x = self.neuron("stem_n", lambda: synapse_current(np.asarray(images, dt), self.syn("stem_conv"), dt,
-                                                      stride=stem_stride))
+    x = self.neuron("stem_n", lambda: self.synapse(np.asarray(images, dt), "stem_conv", stride=stem_stride))
     for i, (kind, depth) in enumerate(zip(_get(cfg, "kinds"), _get(cfg, "depths"))):
-      x = self.neuron(f"stage{i}/n_down", lambda x=x, i=i: synapse_current(x, self.syn(f"stage{i}/down"), dt,
-                                                                            stride=2))
+      x = self.neuron(f"stage{i}/n_down", lambda x=x, i=i: self.synapse(x, f"stage{i}/down", stride=2))
       for j in range(int(depth)):
         block = self.conv_block if kind == "conv" else self.attn_block
         x = block(x, f"stage{i}/block{j}")
     logits = None
     if with_logits:
       head = self.p["head"]
+      self.count("head", synapse_ops(x, np.shape(head["kernel"]), 1, 1))
       per_token = synapse_current(x, {"kernel": head["kernel"], "bias": head["bias"]}, dt)
       logits = per_token.mean(axis=(1, 2), dtype=dt)
-    return Result(logits=logits, spikes=self.spikes, currents=self.currents)
+      tokens = per_token.shape[1] * per_token.shape[2]
+      self.count("head_mean", {"scalings": 0.0 if _pow2(tokens) else float(logits.size)})
+    return Result(logits=logits, spikes=self.spikes, currents=self.currents, ops=self.ops)
 
 
 def simulate(snn_params: Mapping[str, Any], model_config: Any, images: np.ndarray, dtype=np.float64, *,

@@ -135,6 +135,55 @@ def test_multiplication_free_checker_catches_a_non_spiking_operand(monkeypatch):
     snn._apply_fn.cache_clear()
 
 
+def test_graded_spike_trains_are_refused_without_statistics_too(monkeypatch):
+  # The oracle tests' path: neuron_site_outputs without the "stats" collection, and a bare apply.
+  cfg, _, variables, x = _setup("", jnp.float32, batch=2)
+  converted = C.convert(variables, cfg)
+  net = M.build(cfg, "spike")
+  snn.neuron_site_outputs(net, converted, x, stats=False)  # clean run: no error
+  with pytest.raises(snn.MultiplicationFreeError, match="'checks' collection is not mutable"):
+    net.apply(converted, x)  # a spike-mode run that would check nothing refuses to run
+  original = sp.from_neuron
+  monkeypatch.setattr(sp, "from_neuron", lambda *a, **k: original(*a, **k).replace(
+      spikes=original(*a, **k).spikes * 0.37))
+  with pytest.raises(snn.MultiplicationFreeError, match=r"stage0/down, .*stage1/block0/attn_p1, .*attn_shortcut"):
+    snn.neuron_site_outputs(net, converted, x, stats=False)
+
+
+class _Consumers(nn.Module):
+  """The three consumers of a spike train in spike mode: a synapse, a shortcut, a product."""
+
+  @nn.compact
+  def __call__(self, train):
+    y = L.Synapse(3, mode="spike", name="syn")(train)
+    z = L.add_to_current(self, jnp.zeros(train.shape), train, "shortcut")
+    w = sp.spike_einsum("...ij,...jk->...ik", train, jnp.ones((2, 5)),
+                        lambda stats: self.sow("stats", "attn_p1", stats), spiking="product",
+                        check=lambda s: sp.check_binary(self, "attn_p1", s))
+    return y, z, w
+
+
+@pytest.mark.parametrize("stats", [False, True])
+@pytest.mark.parametrize("value", [1.0, 0.37])
+def test_each_spike_train_consumer_checks_values(stats, value):
+  spikes = jnp.zeros((4, 1, 3, 2)).at[:, 0, 1, :].set(value)
+  train = sp.SpikeTrain(spikes=spikes, scales=jnp.asarray([0.5, 0.25, 0.125, 0.0625]), theta=jnp.asarray(0.8),
+                        base=2, groups=4)
+  net = _Consumers()
+  variables = {"params": net.init(jax.random.key(0), train)["params"]}
+  _, state = jax.jit(lambda v, t: net.apply(v, t, mutable=["checks"] + (["stats"] if stats else [])))(
+      variables, train)
+  assert sorted(state["checks"]) == ["attn_p1", "shortcut", "syn"]
+  if value == 1.0:
+    snn.raise_unless_binary(state["checks"])
+    return
+  with pytest.raises(snn.MultiplicationFreeError, match=r"at: attn_p1, shortcut, syn$"):
+    snn.raise_unless_binary(state["checks"])
+  if stats:
+    with pytest.raises(snn.MultiplicationFreeError, match="attn_p1, shortcut, syn"):
+      snn.collect_stats(state["stats"])
+
+
 def test_real_valued_input_to_a_later_synapse_is_refused():
   with pytest.raises(snn.MultiplicationFreeError, match="received a real-valued input in spike mode"):
     L.Synapse(4, mode="spike").init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))
@@ -205,7 +254,7 @@ def test_energy_of_a_hand_computable_network():
   n = np.clip(np.floor(currents * 4 + 0.5), 0, 3).astype(int)
   spikes = int(sum(bin(v).count("1") for v in n.ravel()))  # binary digits: one spike per 1-bit
   for mode in ("spike", "fused"):
-    out, state = _TwoLayer(mode).apply({"params": params}, x, mutable=["stats"])
+    out, state = _TwoLayer(mode).apply({"params": params}, x, mutable=["stats", "checks"])
     rows = snn.collect_stats(state["stats"])
     rep = E.energy_report(rows, ann_macs=12 + 4 * 2 * 27, num_images=1)
     # Encoding layer: 4 positions x 3 channels x 1 input = 12 MACs. On a 2x2 grid a 3x3 'same'
