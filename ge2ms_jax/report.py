@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ge2ms_jax import cost as cost_lib
 from ge2ms_jax import energy as energy_lib
 from ge2ms_jax import evaluation
 from ge2ms_jax import metrics as metrics_lib
@@ -163,6 +164,8 @@ def _markdown(summary: Mapping[str, Any], energy_table: str, verify_table: str) 
       f"| **ops / MAC** (SNN SOPs + encoding MACs + scalings, per ANN MAC) | **{m['ops_per_mac']:.3f}** |",
       *([f"| training cost (this workdir's run, every invocation) | {summary['training']['step']} steps, "
          f"{summary['training']['seconds'] / 60:.0f} min |"] if (summary.get("training") or {}).get("seconds") else []),
+      *([f"| training FLOPs and rate | {cost_lib.format_cost(summary['training_cost'])} |"]
+        if summary.get("training_cost") else []),
       *(f"| {label} | {value} |" for label, value in _preset_rows(m)), "",
       "Energy presets (Horowitz, ISSCC 2014, 45 nm; definitions in docs/energy.md): `fp32_45nm` is the "
       "convention of the spiking-transformer papers; `int_45nm` prices both networks as integer "
@@ -189,7 +192,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
   `<workdir>/report/` is kept (refreshing the report of an export), else the report has none.
 
   The summary (= report.json) holds `metrics` (`evaluation.evaluate_snn`), `training` (status, step
-  and seconds of the workdir's `result.json`, or None), `latency`
+  and seconds of the workdir's `result.json`, or None), `training_cost` (`cost.training_cost`:
+  training FLOPs, evaluation FLOPs during training and of this report's QANN pass, achieved GFLOP/s
+  against the CPU's peak; None without a run), `latency`
   (`model.latency`), `energy` (`EnergyReport.to_json`), `verify`, `raster_sites` and `files`. Every
   output carries `metrics["snn_check"]`: only `mode="spike"` is checked multiplication-free.
   """
@@ -217,9 +222,15 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
   run_result = sweep.read_result(workdir)
   training = ({k: v for k, v in run_result.items() if k in ("status", "step", "seconds")}
               if run_result else None)
+  macs = models.count(config.model)["macs"]
+  training_cost = cost_lib.training_cost(macs, config.batch_size, run_result)
+  if training_cost is not None:
+    # This report's own QANN pass over the evaluation images (the SNN's operations are in `metrics`).
+    training_cost["report_eval_flops"] = 2.0 * macs * result.metrics["num_examples"]
   summary = {
       "experiment": config.get("name", "") or config.data.get("name", ""),
       "training": training,
+      "training_cost": training_cost,
       "checkpoint": checkpoint or os.path.join(workdir, "checkpoints", str(loaded.step)), "step": loaded.step,
       "metrics": result.metrics, "latency": models.latency(config.model), "energy": result.energy.to_json(),
       "verify": rows, "raster_sites": raster_sites,
@@ -249,6 +260,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       f"operations per image  SNN {m['sops_per_image']:.4g} SOPs + {m['encoding_macs_per_image']:.4g} encoding "
       f"MACs + {m['scalings_per_image']:.4g} scalings   ANN {m['ann_macs_per_image']:.4g} MACs",
       f"operations per MAC    ops/MAC {m['ops_per_mac']:.3f}   (SOPs/MAC {m['sop_per_mac']:.3f})",
+      *([f"training cost         {cost_lib.format_cost(summary['training_cost'])}"]
+        if summary.get("training_cost") else []),
   ]
   for name, e in m["energy_presets"].items():
     lines.append(f"energy per image      {name:<9}  SNN {e['snn_mj_per_image']:.6f} mJ   ANN "

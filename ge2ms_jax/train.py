@@ -148,6 +148,8 @@ class TrainResult:
   state: TrainState
   history: list[dict[str, float]]   # The logged training metrics, one dict per logged step.
   evals: list[dict[str, float]]
+  train_seconds: float = 0.0        # Wall time of this invocation's loop less evaluations and saves.
+  eval_images: int = 0              # Images the evaluations of this invocation ran forward passes on.
 
 
 def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -583,6 +585,16 @@ class Trainer:
         self._check_finite(step, step_metrics)
       del unchecked[:n]
 
+    aside = 0.0  # Seconds spent evaluating and saving, which the training steps' time leaves out.
+
+    def timed(fn, *args):
+      nonlocal aside
+      start = time.perf_counter()
+      out = fn(*args)
+      aside += time.perf_counter() - start
+      return out
+
+    loop_start = time.perf_counter()
     try:
       with jax.set_mesh(self.mesh):
         while self.step < self.total_steps:
@@ -596,11 +608,11 @@ class Trainer:
             pending.append((self.step, step_metrics))
           if eval_every and self.step % eval_every == 0 and self.step != self.total_steps:
             flush()
-            evals.append(self._log_eval(progress))
+            evals.append(timed(self._log_eval, progress))
           preempted = watcher.reached(self.step)
           if preempted or self.step == self.total_steps or (ckpt_every and self.step % ckpt_every == 0):
             check(len(unchecked))  # A checkpoint only of a state known to be finite.
-            self.checkpointer.save(self.step, self.state, self.train_iter.get_state())
+            timed(self.checkpointer.save, self.step, self.state, self.train_iter.get_state())
           if callback is not None:
             callback(self.step, self)
           if preempted:
@@ -610,13 +622,18 @@ class Trainer:
                              "saved. Run the same command again to resume.")
             break
         flush()
+        jax.block_until_ready(self.state)
+        train_seconds = time.perf_counter() - loop_start - aside
         if status == "done":
-          evals.append(self._log_eval(progress))
+          evals.append(timed(self._log_eval, progress))
     finally:
       watcher.close()
       self.checkpointer.wait()
       self.writer.flush()
-    return TrainResult(status=status, step=self.step, state=self.state, history=history, evals=evals)
+    return TrainResult(status=status, step=self.step, state=self.state, history=history, evals=evals,
+                       train_seconds=train_seconds,
+                       eval_images=int(sum(e.get("num_examples", 0) * (2 if "top1_ema" in e else 1)
+                                           for e in evals)))
 
   def _last_good_checkpoint(self) -> str | None:
     self.checkpointer.wait()  # A save in flight is of a state that passed its check.
@@ -710,8 +727,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
   """Builds a `Trainer` and runs it to the end (or to a preemption notice).
 
   Writes `<workdir>/result.json`: status, step, wall time (`seconds`: of the whole run, over the
-  invocations a preempted run was resumed in; `seconds_this_invocation`), and the last logged
-  training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
+  invocations a preempted run was resumed in; `seconds_this_invocation`), the time in training steps
+  (`train_seconds`, evaluations and checkpoint saves left out) and the images evaluated during
+  training (`eval_images`), both over the whole run (`cost.training_cost` reads them), and the last
+  logged training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
   """
   with workdir_lock.hold(workdir, config):  # Also while result.json is written.
     return _train_and_report(config, workdir, **kwargs)
@@ -719,12 +738,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
 
 def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
   path = os.path.join(workdir, "result.json")
-  earlier = 0.0  # Wall time of the invocations this one resumes, so `seconds` is the run's total.
+  # Totals of the invocations this one resumes, so that the run's totals cover all of them.
+  earlier = dict(seconds=0.0, train_seconds=0.0, eval_images=0)
   try:
     with open(path) as f:
       previous = json.load(f)
     if previous.get("status") == "preempted":
-      earlier = float(previous.get("seconds", 0.0))
+      earlier = {k: type(v)(previous.get(k, v)) for k, v in earlier.items()}
   except (OSError, ValueError, TypeError, AttributeError):
     pass
   trainer = Trainer(config, workdir, **kwargs)
@@ -735,8 +755,10 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs)
     trainer.close()
   if jax.process_index() == 0:
     elapsed = time.time() - start
-    summary = {"status": result.status, "step": result.step, "seconds": earlier + elapsed,
+    summary = {"status": result.status, "step": result.step, "seconds": earlier["seconds"] + elapsed,
                "seconds_this_invocation": elapsed,
+               "train_seconds": earlier["train_seconds"] + result.train_seconds,
+               "eval_images": earlier["eval_images"] + result.eval_images,
                **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
                   if result.history else {}),
                **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}

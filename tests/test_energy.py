@@ -94,3 +94,23 @@ def test_shipped_report_under_both_presets():
   assert presets["int_45nm"]["ann_over_snn"] == pytest.approx(2.60, abs=5e-3)
   assert presets["int_45nm"]["snn_mj_per_image"] == pytest.approx(0.007079, abs=5e-7)
   assert presets["int_45nm"]["ann_mj_per_image"] == pytest.approx(0.018418, abs=5e-7)
+
+
+def test_training_cost_from_a_run_result():
+  from ge2ms_jax import cost
+  peak = cost.cpu_peak()
+  assert peak["cores"] >= 1 and peak["flops_per_cycle"] in (2, 16, 32, 64)
+  assert peak["peak_gflops"] is None or peak["peak_gflops"] == pytest.approx(
+      peak["cores"] * peak["clock_ghz"] * peak["flops_per_cycle"])
+  fixed = {"cores": 2, "clock_ghz": 2.5, "flops_per_cycle": 64, "vector": "avx512f", "peak_gflops": 320.0}
+  c = cost.training_cost(1e8, 512, {"step": 1000, "seconds": 4000.0, "train_seconds": 3000.0,
+                                    "eval_images": 5000}, fixed)
+  assert c["images_seen"] == 512_000 and c["train_flops"] == 6 * 1e8 * 512_000
+  assert c["eval_flops"] == 2 * 1e8 * 5000
+  assert c["train_gflops_per_s"] == pytest.approx(c["train_flops"] / 3000 / 1e9)
+  assert c["peak_fraction"] == pytest.approx(c["train_gflops_per_s"] / 320.0)
+  assert "0.307 PFLOP of training" in cost.format_cost(c) and "32% of the CPU" in cost.format_cost(c)
+  # A run that predates the step timing has no rate; no run, no cost.
+  old = cost.training_cost(1e8, 512, {"step": 10, "seconds": 40.0}, fixed)
+  assert old["train_gflops_per_s"] is None and old["eval_flops"] is None and "GFLOP/s" not in cost.format_cost(old)
+  assert cost.training_cost(1e8, 512, None, fixed) is None

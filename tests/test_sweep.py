@@ -164,13 +164,16 @@ def test_a_resumed_run_reports_its_whole_wall_time(tmp_path):
   run_dir = str(tmp_path / "run")
   os.makedirs(run_dir)
   with open(os.path.join(run_dir, "result.json"), "w") as f:  # an earlier, preempted invocation
-    json.dump({"status": "preempted", "step": 1, "seconds": 1000.0}, f)
+    json.dump({"status": "preempted", "step": 1, "seconds": 1000.0, "train_seconds": 600.0, "eval_images": 50}, f)
   train.train_and_evaluate(small_config(total_steps=2), run_dir, net=TinyNet(), data_module=ArrayData(),
                            devices=jax.devices()[:1])
   result = sweep.read_result(run_dir)
   assert result["status"] == "done"
   assert 0 < result["seconds_this_invocation"] < 1000
   assert result["seconds"] == pytest.approx(1000.0 + result["seconds_this_invocation"])
+  # The time in training steps and the images evaluated are totals over the invocations too.
+  assert 600.0 < result["train_seconds"] < 600.0 + result["seconds_this_invocation"]
+  assert result["eval_images"] == 50 + result["eval_num_examples"]
   # A finished run's time is not carried into a later one.
   train.train_and_evaluate(small_config(total_steps=2), run_dir, net=TinyNet(), data_module=ArrayData(),
                            devices=jax.devices()[:1])
