@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from ge2ms_jax import data
-from ge2ms_jax.data import builders
+from ge2ms_jax.data import formats
 from ge2ms_jax.data import sources
 
 
@@ -114,25 +114,25 @@ def test_fashion_mnist_embedded(data_dir):
 
 
 def test_embedded_subset_composition():
-  with np.load(builders.EMBEDDED_PATH) as z:
+  with np.load(formats.EMBEDDED_PATH) as z:
     for split, per_class in (("train", 1000), ("test", 250)):
       images, labels, index = z[f"{split}_images"], z[f"{split}_labels"], z[f"{split}_source_index"]
       assert images.shape == (10 * per_class, 28, 28) and images.dtype == np.uint8
       assert np.bincount(labels, minlength=10).tolist() == [per_class] * 10
       assert np.all(np.diff(index.astype(np.int64)) > 0)
-  assert builders.EMBEDDED_PATH.stat().st_size <= 6_000_000
+  assert formats.EMBEDDED_PATH.stat().st_size <= 6_000_000
 
 
-@pytest.mark.skipif(not builders.DEBIAN_FASHION_MNIST.is_dir(),
+@pytest.mark.skipif(not formats.DEBIAN_FASHION_MNIST.is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_embedded_subset_regenerates_identically(tmp_path):
   from ge2ms_jax.data import make_embedded
   out = tmp_path / "subset.npz"
   make_embedded.main(["--output", str(out)])
-  assert out.read_bytes() == builders.EMBEDDED_PATH.read_bytes()
+  assert out.read_bytes() == formats.EMBEDDED_PATH.read_bytes()
 
 
-@pytest.mark.skipif(not builders.DEBIAN_FASHION_MNIST.is_dir(),
+@pytest.mark.skipif(not formats.DEBIAN_FASHION_MNIST.is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_full(data_dir):
   cfg = data.default_config("fashion_mnist_full")

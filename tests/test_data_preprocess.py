@@ -116,6 +116,14 @@ def test_decode_ops_on_encoded_images():
     pp.get_preprocess_fn("random_crop(8)")({"image": data, "label": None}, rng)
 
 
+@pytest.mark.parametrize("spec", ["decode", "decode_jpeg_and_inception_crop(64)"])
+def test_decode_ops_name_a_corrupt_image(spec):
+  # The one decoder of ge2ms_jax.data.formats, which the dataset builders use too.
+  data = [_jpeg(64, 64), _jpeg(64, 64, 1)[:200]]  # the second file cut short
+  with pytest.raises(ValueError, match="corrupt image 1 of the batch"):
+    pp.get_preprocess_fn(spec)({"image": data, "label": None}, np.random.default_rng(0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Image ops against PIL, RandAugment
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from ge2ms_jax import data
-from ge2ms_jax.data import builders
+from ge2ms_jax.data import formats
+from ge2ms_jax.data import splits
 
 from test_data import check_batch, make_image_folder  # pylint: disable=g-bad-import-order
 
@@ -40,23 +41,23 @@ def ten_classes(root, **kw):
 # ---------------------------------------------------------------------------------------------
 def test_layout_class_folders_split_folders_and_wrappers(tmp_path):
   flat = make_image_folder(tmp_path / "flat", per_class=2, size=4)
-  layout = builders.scan_folder(builders.FolderReader(flat))
+  layout = formats.scan_folder(formats.FolderReader(flat))
   assert layout.classes == ("cat", "dog", "frog") and list(layout.files) == ["train"]
   assert len(layout.files["train"]) == 6
 
   split = tmp_path / "wrap" / "cifar"
   make_image_folder(split, per_class=2, size=4, split="train")
   make_image_folder(split, classes=("cat", "dog"), per_class=1, size=4, split="val")
-  layout = builders.scan_folder(builders.FolderReader(tmp_path / "wrap"))
+  layout = formats.scan_folder(formats.FolderReader(tmp_path / "wrap"))
   assert sorted(layout.files) == ["train", "validation"]
   assert {c for _, c in layout.files["validation"]} == {"cat", "dog"}
 
-  held = builders.hold_out(builders.scan_folder(builders.FolderReader(
+  held = splits.hold_out(formats.scan_folder(formats.FolderReader(
       make_image_folder(tmp_path / "ho", per_class=10, size=4))), 0.3, seed=0)
   for c in ("cat", "dog", "frog"):
     assert sum(1 for _, k in held.files["validation"] if k == c) == 3
     assert sum(1 for _, k in held.files["train"] if k == c) == 7
-  again = builders.hold_out(builders.scan_folder(builders.FolderReader(tmp_path / "ho")), 0.3, 0)
+  again = splits.hold_out(formats.scan_folder(formats.FolderReader(tmp_path / "ho")), 0.3, 0)
   assert again.files == held.files
 
 
@@ -161,10 +162,10 @@ def test_bad_idx_files(tmp_path):
   (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big")
                                               + b"\x01" * 5)
   with pytest.raises(ValueError, match="train-images-idx3-ubyte: IDX header says shape"):
-    builders.load_idx_split(*builders.find_idx_pairs(d)["train"])
+    formats.load_idx_split(*formats.find_idx_pairs(d)["train"])
   (d / "train-labels-idx1-ubyte").unlink()
   with pytest.raises(ValueError, match="split 'train' has train-images-idx3-ubyte but no labels"):
-    builders.find_idx_pairs(d)
+    formats.find_idx_pairs(d)
 
 
 # ---------------------------------------------------------------------------------------------

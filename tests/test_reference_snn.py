@@ -26,8 +26,9 @@ from ge2ms_jax import loading
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
 from ge2ms_jax import snn
-from ge2ms_jax.data import builders
+from ge2ms_jax.data import formats
 from ge2ms_jax.data import preprocess
+from ge2ms_jax.data import splits
 
 import reference_snn as R  # tests/ has no __init__.py, so pytest puts it on sys.path
 
@@ -60,7 +61,7 @@ def _cifar_source() -> pathlib.Path | None:
 def _images(name: str, config: ml_collections.ConfigDict) -> np.ndarray:
   """`NUM_IMAGES` real evaluation images `[B, H, W, C]` float32, normalised by the experiment's pp_eval."""
   if name == "fashion_mnist":
-    with np.load(builders.EMBEDDED_PATH) as z:
+    with np.load(formats.EMBEDDED_PATH) as z:
       images = z["test_images"]
     pick = np.linspace(0, len(images) - 1, NUM_IMAGES).astype(int)
     raw = images[pick][..., None]
@@ -70,13 +71,13 @@ def _images(name: str, config: ml_collections.ConfigDict) -> np.ndarray:
       pytest.skip("CIFAR-10 images not found: set GE2MS_CIFAR10 to the ImageFolder .tar.gz/directory, "
                   "or provide ../shared/data/cifar10-train-jpeg.tar.gz next to the repository")
     # The experiment's held-out validation split (the eval split), spread over its classes.
-    reader = builders.FolderReader(source)
-    layout = builders.scan_folder(reader, num_classes=10)
-    layout = builders.hold_out(layout, float(config.data.validation_fraction), int(config.data.split_seed))
+    reader = formats.FolderReader(source)
+    layout = formats.scan_folder(reader, num_classes=10)
+    layout = splits.hold_out(layout, float(config.data.validation_fraction), int(config.data.split_seed))
     files = layout.files["validation"]
     pick = np.linspace(0, len(files) - 1, NUM_IMAGES).astype(int)
     wanted = [files[i][0] for i in pick]
-    raw = np.stack([np.asarray(builders.decode_image(data, 3, rel)) for rel, data in reader.read(wanted)])
+    raw = np.stack([np.asarray(formats.decode_image(data, 3, rel)) for rel, data in reader.read(wanted)])
   batch = preprocess.get_preprocess_fn(config.pp_eval)(
       {"image": raw, "label": np.zeros(len(raw), np.int32)}, np.random.default_rng(0))
   return np.asarray(batch["image"], np.float32)

@@ -19,7 +19,7 @@ from ge2ms_jax import neurons
 from ge2ms_jax import snn
 from ge2ms_jax import sparsity
 from ge2ms_jax import train
-from ge2ms_jax.data import builders
+from ge2ms_jax.data import splits
 
 CODES = [(2, 4), (3, 2), (4, 2), (16, 1)]
 
@@ -281,14 +281,14 @@ def test_tune_split_is_carved_from_train_and_leaves_validation_unchanged():
   labels = np.repeat(np.arange(10), 50)
   images = np.arange(500)
   arrays = {"train": (images, labels), "test": (images[:5], labels[:5])}
-  with_val = builders.hold_out_arrays(arrays, 0.1, 0, "validation", 10)
-  both = builders.hold_out_arrays(with_val, 0.2, 0, "tune", 10)
+  with_val = splits.hold_out_arrays(arrays, 0.1, 0, "validation", 10)
+  both = splits.hold_out_arrays(with_val, 0.2, 0, "tune", 10)
   np.testing.assert_array_equal(both["validation"][0], with_val["validation"][0])
   assert len(both["validation"][0]) == 50 and len(both["tune"][0]) == 90 and len(both["train"][0]) == 360
   assert np.all(np.bincount(both["tune"][1]) == 9)  # stratified by class
   seen = np.concatenate([both[s][0] for s in ("train", "validation", "tune")])
   assert sorted(seen.tolist()) == images.tolist()  # a partition: nothing lost, nothing twice
-  again = builders.hold_out_arrays(builders.hold_out_arrays(arrays, 0.1, 0, "validation", 10), 0.2, 0, "tune", 10)
+  again = splits.hold_out_arrays(splits.hold_out_arrays(arrays, 0.1, 0, "validation", 10), 0.2, 0, "tune", 10)
   np.testing.assert_array_equal(again["tune"][0], both["tune"][0])  # deterministic
 
 

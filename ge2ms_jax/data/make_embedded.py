@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from ge2ms_jax.data import builders
+from ge2ms_jax.data import formats
 
 TRAIN_PER_CLASS = 1000
 TEST_PER_CLASS = 250
@@ -44,13 +44,13 @@ def select(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 def build_subset(source: str | pathlib.Path) -> dict[str, np.ndarray]:
   """The subset's arrays (see the module docstring) from the IDX files in `source`."""
-  pairs = builders.find_idx_pairs(source)
+  pairs = formats.find_idx_pairs(source)
   for split in ("train", "test"):
     if split not in pairs:
       raise ValueError(f"{source} lacks the Fashion-MNIST {split} files.")
   arrays = {}
   for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
-    images, labels = builders.load_idx_split(*pairs[split])
+    images, labels = formats.load_idx_split(*pairs[split])
     index = select(labels, per_class)
     arrays[f"{split}_images"] = images[index, :, :, 0]
     arrays[f"{split}_labels"] = labels[index].astype(np.uint8)
@@ -72,9 +72,9 @@ def write_npz(path: str | pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--source", default=str(builders.DEBIAN_FASHION_MNIST),
+  parser.add_argument("--source", default=str(formats.DEBIAN_FASHION_MNIST),
                       help="directory of the Fashion-MNIST IDX files")
-  parser.add_argument("--output", default=str(builders.EMBEDDED_PATH), help="the .npz to write")
+  parser.add_argument("--output", default=str(formats.EMBEDDED_PATH), help="the .npz to write")
   args = parser.parse_args(argv)
   arrays = build_subset(args.source)
   out = pathlib.Path(args.output)

@@ -48,12 +48,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import io
 import math
 from typing import Any, Callable
 
 import numpy as np
 
+from ge2ms_jax.data import formats
 from ge2ms_jax.data import image_ops
 
 Batch = dict[str, Any]
@@ -314,12 +314,6 @@ def _check_area(area_min, area_max, op: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Decoding, resizing and cropping
 # ---------------------------------------------------------------------------------------------
-def _decode_one(data: bytes, channels: int):
-  Image = _pil()
-  img = Image.open(io.BytesIO(data))
-  return img.convert("L" if channels == 1 else "RGB")
-
-
 def _as_array(pil, channels: int) -> np.ndarray:
   arr = np.asarray(pil, np.uint8)
   return arr[..., None] if channels == 1 else arr
@@ -337,8 +331,9 @@ def decode(channels: int = 3) -> Op:
 
   def op(batch, rng):
     del rng
-    images = [im if isinstance(im, np.ndarray) else _as_array(_decode_one(im, channels), channels)
-              for im in batch["image"]]
+    images = [im if isinstance(im, np.ndarray) else
+              _as_array(formats.decode_image(im, channels, f"{i} of the batch"), channels)
+              for i, im in enumerate(batch["image"])]
     batch["image"] = _maybe_stack(images)
     return batch
 
@@ -358,24 +353,29 @@ def decode_jpeg_and_inception_crop(size, area_min: float = 5, area_max: float = 
   _check_channels(channels, "decode_jpeg_and_inception_crop")
   Image = _pil()
 
-  def one(data, rng):
+  def one(data, rng, where):
     if isinstance(data, np.ndarray):
       left, top, right, bottom = _crop_box(rng, data.shape[0], data.shape[1], area_min, area_max)
       return _pil_resize(data, hw, box=(left, top, right, bottom))
-    img = Image.open(io.BytesIO(data))
-    full_w, full_h = img.size
-    left, top, right, bottom = _crop_box(rng, full_h, full_w, area_min, area_max)
-    scale = min((right - left) / hw[1], (bottom - top) / hw[0])
-    if img.format == "JPEG" and scale >= 2:
-      img.draft("L" if channels == 1 else "RGB", (math.ceil(full_w / scale), math.ceil(full_h / scale)))
-    img = img.convert("L" if channels == 1 else "RGB")
+    crop = {}
+
+    def draft(img):  # the crop is drawn from the full size, before the pixels are read
+      crop["full"] = img.size
+      crop["box"] = _crop_box(rng, img.size[1], img.size[0], area_min, area_max)
+      left, top, right, bottom = crop["box"]
+      scale = min((right - left) / hw[1], (bottom - top) / hw[0])
+      if img.format == "JPEG" and scale >= 2:
+        img.draft("L" if channels == 1 else "RGB", (math.ceil(img.size[0] / scale), math.ceil(img.size[1] / scale)))
+
+    img = formats.decode_image(data, channels, where, prepare=draft)
+    (full_w, full_h), (left, top, right, bottom) = crop["full"], crop["box"]
     sx, sy = img.size[0] / full_w, img.size[1] / full_h
     box = (left * sx, top * sy, right * sx, bottom * sy)
     out = np.asarray(img.resize((hw[1], hw[0]), Image.BILINEAR, box=box), np.uint8)
     return out[..., None] if channels == 1 else out
 
   def op(batch, rng):
-    batch["image"] = np.stack([one(im, rng) for im in batch["image"]])
+    batch["image"] = np.stack([one(im, rng, f"{i} of the batch") for i, im in enumerate(batch["image"])])
     return batch
 
   return op

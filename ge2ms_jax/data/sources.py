@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from ge2ms_jax.data import builders
+from ge2ms_jax.data import formats
 
 DATASETS = ("fashion_mnist", "fashion_mnist_full", "cifar10", "cifar100", "imagenet2012",
             "synthetic")
@@ -285,7 +286,7 @@ def open_dataset(data_config) -> OpenDataset:
                                             float(s.get("tune_fraction", 0.0)), int(s["split_seed"]))
     return _from_builder(name, builders.prepare(data_dir, builders.Ge2msIdx, config_name, make))
   if name == "fashion_mnist_full":
-    source = s["source"] or os.fspath(builders.DEBIAN_FASHION_MNIST)
+    source = s["source"] or os.fspath(formats.DEBIAN_FASHION_MNIST)
     if not pathlib.Path(source).is_dir():
       raise ValueError(f"the full Fashion-MNIST set was not found at {source}; install Debian's "
                        "package dataset-fashion-mnist, or set config.data.source to a directory "
@@ -375,7 +376,7 @@ def open_eval_data(path: str | os.PathLike, base: OpenDataset, data_config) -> O
     raise ValueError(f"eval_data {p} does not exist; give an ImageFolder directory, a .tar.gz of "
                      "one, or a directory of Fashion-MNIST IDX files.")
   if p.is_dir() and any(p.glob("*-images-idx3-ubyte*")):
-    if base.class_names != builders.FASHION_MNIST_CLASSES:
+    if base.class_names != formats.FASHION_MNIST_CLASSES:
       raise ValueError(f"eval_data {p} holds Fashion-MNIST IDX files, but the model's dataset "
                        f"{base.name!r} has other classes.")
     config_name, make = builders.idx_config(p)
