@@ -41,13 +41,31 @@ class SnnEvaluation:
       `scalings_per_image`, `ops_per_image` and `ops_per_mac` (SOPs + encoding MACs + real
       multiplications, per ANN MAC; `energy.EnergyReport.ops_per_mac`),
       `time_steps`, `latency_steps`, `steps_per_image`, `spikes_per_neuron`, `firing_rate`,
-      `snn_mode`, `snn_check`, `eval_data`, `seconds`.
+      `snn_mode`, `snn_check`, `eval_data`, `tta` and `views_per_image` (with `config.evals.tta`
+      "flip" both networks average the logits of each image and its mirror; the SNN's operations
+      and the ANN's MACs per image then cover both views), `seconds`.
     energy: the full per-layer `EnergyReport`.
     snn_variables: the converted variables.
   """
   metrics: dict[str, Any]
   energy: energy_lib.EnergyReport
   snn_variables: Any
+
+
+TTA_MODES = ("", "flip")
+
+
+def tta_views(images: jax.Array, tta: str) -> list[jax.Array]:
+  """The views of `images [B, H, W, C]` whose logits test-time augmentation averages: the images
+  alone (`tta=""`), or also their left-right mirror (`"flip"`).
+
+  Raises:
+    ValueError: for another mode, naming the allowed ones.
+  """
+  if tta not in TTA_MODES:
+    raise ValueError(f"config.evals.tta={tta!r}; use one of {TTA_MODES} ('flip': average the logits of "
+                     "each image and its mirror image).")
+  return [images] + ([images[..., ::-1, :]] if tta == "flip" else [])
 
 
 def qann_variables(state: Any, config: ml_collections.ConfigDict, use_ema: bool | None = None) -> dict:
@@ -95,6 +113,8 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
   evals = config.get("evals", ml_collections.ConfigDict())
   split = split or evals.get("split", None) or config.data.get("eval_split", "test")
   batch_size = int(batch_size or evals.get("batch_size", 256))
+  tta = evals.get("tta", "")
+  views = tta_views(jnp.zeros((1, 1, 1, 1)), tta)
   it = data_module.build_iterator(config, split=split, global_batch_size=batch_size, sharding=None,
                                   seed=int(config.get("seed", 0)), train=False, num_epochs=1,
                                   eval_data=eval_data)
@@ -111,10 +131,13 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       # Padding sits at the end of the last batch; dropping it keeps it out of the spike counts.
       images = jnp.asarray(np.asarray(batch["image"])[:real])
       labels = np.asarray(batch["label"])[:real]
-      lq = np.asarray(qann_fn(variables, images))
-      sim = snn.simulate(snn_variables, images, mode, config=model_cfg)
-      ls = np.asarray(sim.logits)
-      sims.append(sim)
+      # Test-time augmentation runs both networks on every view; the SNN's operations of all views
+      # are counted (per image), as are the ANN's MACs below.
+      views = tta_views(images, tta)
+      lq = np.mean([np.asarray(qann_fn(variables, v)) for v in views], axis=0)
+      view_sims = [snn.simulate(snn_variables, v, mode, config=model_cfg) for v in views]
+      ls = np.mean([np.asarray(s.logits) for s in view_sims], axis=0)
+      sims.extend(view_sims)
       counts["n"] += real
       counts["qann"] += int(np.sum(lq.argmax(-1) == labels))
       counts["snn"] += int(np.sum(ls.argmax(-1) == labels))
@@ -128,8 +151,9 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
   if not counts["n"]:
     raise ValueError(f"evaluate_snn: the evaluation set ({eval_data or split!r}) has no examples.")
   merged = snn.merge(sims)
-  report = energy_lib.energy_report(merged, models.count(model_cfg)["macs"], model=energy_model)
   n = counts["n"]
+  report = energy_lib.energy_report(merged.layers, len(views) * models.count(model_cfg)["macs"], num_images=n,
+                                    model=energy_model, snn_mode=merged.mode)
   lat = models.latency(model_cfg)
   metrics = {
       "qann_top1": counts["qann"] / n, "snn_top1": counts["snn"] / n, "agreement": counts["agree"] / n,
@@ -141,7 +165,8 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       "sops_per_image": report.sops, "ann_macs_per_image": report.ann_macs, "sop_per_mac": report.sop_per_mac,
       "encoding_macs_per_image": report.macs_first, "scalings_per_image": report.scalings,
       "ops_per_image": report.ops, "ops_per_mac": report.ops_per_mac, "snn_mode": mode, "snn_check": report.snn_check,
-      "eval_data": eval_data or split, "seconds": time.time() - start,
+      "eval_data": eval_data or split, "tta": tta or "none", "views_per_image": len(views),
+      "seconds": time.time() - start,
   }
   return SnnEvaluation(metrics=metrics, energy=report, snn_variables=snn_variables)
 

@@ -332,11 +332,12 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
   scale_init: Any = nn.initializers.ones_init()
+  use_scale: bool = True  # False: no `scale` parameter (gamma fixed at 1)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     c = x.shape[-1]
-    scale = self.param("scale", self.scale_init, (c,))
+    scale = self.param("scale", self.scale_init, (c,)) if self.use_scale else jnp.ones((c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (c,))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
@@ -372,6 +373,7 @@ class SynapseBN(nn.Module):
   bn_epsilon: float = 1e-5
   zero_init: bool = False  # scale of the BN (gamma) starts at 0: residual branches start as identity
   conv_impl: str = "cpu"
+  use_scale: bool = True   # False: BatchNorm without a learned scale (no "scale" parameter)
 
   @nn.compact
   def __call__(self, x: Any, train: bool = False) -> Array:
@@ -383,9 +385,10 @@ class SynapseBN(nn.Module):
     scale_init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.ones_init()
     if self.conv_impl == "xla":
       return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                          dtype=self.dtype, scale_init=scale_init, use_fast_variance=False, name="bn")(y)
+                          dtype=self.dtype, scale_init=scale_init, use_scale=self.use_scale,
+                          use_fast_variance=False, name="bn")(y)
     return BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                     scale_init=scale_init, name="bn")(y, train)
+                     scale_init=scale_init, use_scale=self.use_scale, name="bn")(y, train)
 
 
 # ---------------------------------------------------------------------------------------------

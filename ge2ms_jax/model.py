@@ -4,6 +4,7 @@
           -> stage 0..k-1, each: downsample (conv3x3 stride s + BN + neuron), then `depth` blocks
                conv block:  x = N(x + BN(pw(N(BN(dw3x3(x))))))                      token mixer
                             x = N(x + BN(pw(N(BN(dw3x3(N(BN(pw_up(x)))))))))         conv-FFN
+               dense block: x = N(x + BN(conv3x3(N(BN(conv3x3(x))))))                  full convolutions
                attn block:  q, k, v = N(BN(pw(x)))
                             x = N(x + BN(pw(N(GW-SSA(q, k, v) + BN(dw3x3(v))))))    hybrid attention
                             x = N(x + BN(pw(N(BN(pw_up(x))))))                      MLP
@@ -15,8 +16,9 @@ identity synapse in the SNN). Only conversion-safe operators appear: convolution
 at conversion), additions, a mean, and neurons; no LayerNorm, softmax, max-pool or GELU.
 
 Variants (`VARIANTS`): `tiny` (28x28 / 32x32, under 2M parameters), `s` (32x32 and ImageNet 224),
-`b` (ImageNet 224, about 64M parameters). `build(config)` returns the Flax module; `count(config)`
-reports parameters and MACs per image without allocating.
+`b` (ImageNet 224, about 64M parameters), `fast` (32x32: wide full-convolution stages and one GW-SSA
+stage, the fast CIFAR-10 recipe of experiments/cifar10.py:fast). `build(config)` returns the Flax
+module; `count(config)` reports parameters and MACs per image without allocating.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b": dict(stem_channels=96, kinds=("conv", "conv", "attn"), dims=(192, 384, 768), depths=(1, 2, 8),
               head_dim=64, window_sizes=(2, 7, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
               image_sizes=(224, 256, 288, 384)),
+    # Airbench-like: full 3x3 convolutions in wide early stages (downsampling by strided convs, not
+    # max-pooling), GW-SSA on the last 4x4 grid, BatchNorm without a learned scale.
+    "fast": dict(stem_channels=32, kinds=("dense", "dense", "attn"), dims=(64, 256, 256), depths=(1, 1, 1),
+                 head_dim=32, window_sizes=(2, 0), heads_per_window=(4, 4), mlp_ratio=2,
+                 image_sizes=(32,), bn_scale=False),
 }
-STAGE_KINDS = ("conv", "attn")
+STAGE_KINDS = ("conv", "dense", "attn")
 
 
 def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -82,6 +89,10 @@ def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c.heads_per_window = v["heads_per_window"]
   c.mlp_ratio = v["mlp_ratio"]
   c.attn_shift = -1
+  # Downsampling stride of each stage's first conv (1 or 2); () = 2 for every stage.
+  c.strides = tuple(v.get("strides", ()))
+  # False: BatchNorm without a learned scale (gamma fixed at 1; the neuron threshold scales instead).
+  c.bn_scale = bool(v.get("bn_scale", True))
   # `method`: how spike mode computes ExpG-IF spikes (neurons.expg_if; all give the same spikes):
   # "closed" computes the digits in one elementwise pass, about 25% faster end to end than "scan".
   c.neuron = ml_collections.ConfigDict(dict(base=2, groups=4, theta_init=1.0, per_channel=False,
@@ -129,15 +140,22 @@ def neuron_codes(config: ml_collections.ConfigDict) -> L.NeuronCodes:
 
 def stage_grids(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   """Token grid `(H, W)` of each stage: the stem keeps small images' size and halves large ones
-  (> 64 px); every stage then halves the grid (rounding up, as the stride-2 'same' convs do)."""
+  (> 64 px); every stage then divides the grid by its stride (`stage_strides`, 2 by default; rounding
+  up, as the strided 'same' convs do)."""
   s = int(config.image_size)
   if s > 64:
     s = math.ceil(s / 2)
   grids = []
-  for _ in config.dims:
-    s = math.ceil(s / 2)
+  for stride in stage_strides(config):
+    s = math.ceil(s / stride)
     grids.append((s, s))
   return grids
+
+
+def stage_strides(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The downsampling stride of each stage (`config.strides`; empty or absent: 2 everywhere)."""
+  strides = tuple(config.get("strides", ()) or ())
+  return strides if strides else (2,) * len(config.dims)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -168,6 +186,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for kind in config.kinds:
     if kind not in STAGE_KINDS:
       _fail("kinds", config.kinds, f"each stage is one of {STAGE_KINDS}")
+  strides = tuple(config.get("strides", ()) or ())
+  if strides and (len(strides) != n or any(isinstance(t, bool) or t not in (1, 2) for t in strides)):
+    _fail("strides", strides, "give () or one stride (1 or 2) per stage")
   windows = attention.normalize_windows(config.window_sizes)
   if sum(config.heads_per_window) <= 0 or len(config.heads_per_window) != len(windows):
     _fail("heads_per_window", config.heads_per_window, f"give one head count per window size {windows}")
@@ -213,10 +234,13 @@ class _Parts(nn.Module):
   mode: str
   dtype: Any
   conv_impl: str = "cpu"
+  bn_scale: bool = True
 
   def syn(self, features, kernel_size=1, stride=1, groups=1, zero_init=False, first=False, name=None):
+    # Without a BatchNorm scale a branch cannot start at zero; it starts as a plain BatchNorm.
     return L.SynapseBN(features, kernel_size, stride, groups, first=first, mode=self.mode,
-                       dtype=self.dtype, zero_init=zero_init, conv_impl=self.conv_impl, name=name)
+                       dtype=self.dtype, zero_init=zero_init and self.bn_scale, conv_impl=self.conv_impl,
+                       use_scale=self.bn_scale, name=name)
 
   def neuron(self, name, scalar_theta=False):
     return L.Neuron(self.codes, self.mode, scalar_theta=scalar_theta, name=name)
@@ -236,6 +260,18 @@ class ConvBlock(_Parts):
     h = self.neuron("ffn_n_dw")(self.syn(c * self.mlp_ratio, 3, groups=c * self.mlp_ratio, name="ffn_dw")(h, train))
     h = self.syn(c, zero_init=True, name="ffn_down")(h, train)
     return self.neuron("ffn_n_out")(L.add_to_current(self, h, x, "ffn_shortcut"))
+
+
+class DenseBlock(_Parts):
+  """Two full 3x3 convolutions with an identity shortcut (a ResNet basic block),
+  `[..., H, W, C] -> [..., H, W, C]`."""
+
+  @nn.compact
+  def __call__(self, x: Any, train: bool = False) -> Any:
+    c = L.spatial_shape(x)[-1]
+    h = self.neuron("conv1_n")(self.syn(c, 3, name="conv1")(x, train))
+    h = self.syn(c, 3, zero_init=True, name="conv2")(h, train)
+    return self.neuron("n_out")(L.add_to_current(self, h, x, "shortcut"))
 
 
 class AttnBlock(_Parts):
@@ -288,7 +324,7 @@ class AttnBlock(_Parts):
 
 
 class Stage(_Parts):
-  """A stride-2 downsampling conv + neuron, then `depth` conv or attention blocks."""
+  """A strided (2 by default) downsampling conv + neuron, then `depth` conv, dense or attention blocks."""
   kind: str = "conv"
   dim: int = 64
   depth: int = 1
@@ -297,14 +333,18 @@ class Stage(_Parts):
   window_sizes: tuple = (2, 4, 0)
   heads_per_window: tuple = (1, 1, 1)
   shifts: tuple = (0, 0, 0)
+  stride: int = 2
 
   @nn.compact
   def __call__(self, x: Any, train: bool = False) -> Any:
-    x = self.neuron("n_down")(self.syn(self.dim, 3, 2, name="down")(x, train))
-    parts = dict(codes=self.codes, mode=self.mode, dtype=self.dtype, conv_impl=self.conv_impl)
+    x = self.neuron("n_down")(self.syn(self.dim, 3, self.stride, name="down")(x, train))
+    parts = dict(codes=self.codes, mode=self.mode, dtype=self.dtype, conv_impl=self.conv_impl,
+                 bn_scale=self.bn_scale)
     for j in range(self.depth):
       if self.kind == "conv":
         x = ConvBlock(**parts, mlp_ratio=self.mlp_ratio, name=f"block{j}")(x, train)
+      elif self.kind == "dense":
+        x = DenseBlock(**parts, name=f"block{j}")(x, train)
       else:
         x = AttnBlock(**parts, head_dim=self.head_dim, window_sizes=self.window_sizes,
                       heads_per_window=self.heads_per_window, shifts=self.shifts,
@@ -335,21 +375,23 @@ class Ge2msNet(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     codes = neuron_codes(cfg)
     conv_impl = L.resolve_conv_impl(cfg.get("conv_impl", "auto"))
-    parts = dict(codes=codes, mode=self.mode, dtype=dtype, conv_impl=conv_impl)
+    bn_scale = bool(cfg.get("bn_scale", True))
+    parts = dict(codes=codes, mode=self.mode, dtype=dtype, conv_impl=conv_impl, bn_scale=bn_scale)
     x = images.astype(dtype)
     if self.mode == "stbp":  # direct encoding: the image is the input current of every step
       x = jnp.broadcast_to(x[None], (codes.default.time_steps,) + x.shape)
 
     large = cfg.image_size > 64
     stem = L.SynapseBN(cfg.stem_channels, 3, 2 if large else 1, first=True, mode=self.mode, dtype=dtype,
-                       conv_impl=conv_impl, name="stem_conv")
+                       conv_impl=conv_impl, use_scale=bn_scale, name="stem_conv")
     x = L.Neuron(codes, self.mode, name="stem_n")(stem(x, train))
     grids = stage_grids(cfg)
+    strides = stage_strides(cfg)
     for i, (kind, dim, depth) in enumerate(zip(cfg.kinds, cfg.dims, cfg.depths)):
       x = Stage(**parts, kind=kind, dim=dim, depth=depth, mlp_ratio=cfg.mlp_ratio, head_dim=cfg.head_dim,
                 window_sizes=attention.normalize_windows(cfg.window_sizes),
                 heads_per_window=tuple(cfg.heads_per_window), shifts=_shifts(cfg, grids[i]),
-                name=f"stage{i}")(x, train)
+                stride=strides[i], name=f"stage{i}")(x, train)
     # The head is linear, so applying it to each token's spikes and then averaging equals averaging
     # first; this order keeps every synaptic operand binary in the SNN.
     head = L.Synapse(cfg.num_classes, 1, use_bias=True, mode=self.mode, dtype=dtype, name="head",
@@ -437,9 +479,9 @@ def site_graph(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
   """The neuron sites of a config and the sites whose spikes each one integrates, in network order.
 
   Edges follow the blocks above (`"input"` is the image): a conv block's `mix_n_out` and
-  `ffn_n_out` also integrate the block input / `mix_n_out` through the shortcut; `attn_n_mix`
-  integrates both attention products (of q, k, v) and the depthwise branch on v; `attn_n_out` and
-  `mlp_n_out` integrate their shortcuts.
+  `ffn_n_out` also integrate the block input / `mix_n_out` through the shortcut (a dense block's
+  `n_out` its input); `attn_n_mix` integrates both attention products (of q, k, v) and the depthwise
+  branch on v; `attn_n_out` and `mlp_n_out` integrate their shortcuts.
 
   Returns:
     `{site: (predecessor sites, ...)}` for every neuron site (names as in the parameter tree).
@@ -452,7 +494,11 @@ def site_graph(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
     x = down
     for j in range(depth):
       p = f"stage{i}/block{j}/"
-      if kind == "conv":
+      if kind == "dense":
+        graph[p + "conv1_n"] = (x,)
+        graph[p + "n_out"] = (p + "conv1_n", x)
+        x = p + "n_out"
+      elif kind == "conv":
         graph[p + "mix_n_dw"] = (x,)
         graph[p + "mix_n_out"] = (p + "mix_n_dw", x)
         graph[p + "ffn_n_up"] = (p + "mix_n_out",)

@@ -12,7 +12,9 @@ Trainer keys of the config (see `base_config` for defaults): `seed`, `total_step
 `total_epochs`, `batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
 clipping, accumulation, EMA), `schedule.*`, `mesh`, `sharding_rules`, `log_every_steps`, `ckpt.*`,
 `evals.*`, `nan_policy` / `nan_max_skips` (what a NaN/Inf loss or gradient does; see
-docs/reliability.md). The model is built by `model.build(config.model)`, the input by
+docs/reliability.md); optional, only where a recipe sets it: `init_whiten` (patch-whitening init of
+the stem from that many training images, `whiten_kernel`; 0 or absent: off). The model is built
+by `model.build(config.model)`, the input by
 `data.build_iterator(config, ...)`.
 """
 
@@ -39,6 +41,7 @@ from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import optim
 from ge2ms_jax import sharding as sharding_lib
 from ge2ms_jax import distill as distill_lib
+from ge2ms_jax import evaluation
 from ge2ms_jax import loading
 from ge2ms_jax import sparsity as sparsity_lib
 from ge2ms_jax import workdir_lock
@@ -95,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.every_steps = 1000   # 0: only at the end.
   c.evals.split = ""           # "": config.data.eval_split.
   c.evals.batch_size = 256
+  c.evals.tta = ""             # "flip": logits averaged with the left-right mirrored image's.
 
   # Spike-aware training (ge2ms_jax/sparsity.py): weight * SOPs/MAC of the converted network.
   c.sparsity = sparsity_lib.default_config()
@@ -254,15 +258,19 @@ def nan_policy(config: ml_collections.ConfigDict) -> str:
   return policy
 
 
-def make_eval_fn(net) -> Callable:
+def make_eval_fn(net, tta: str = "") -> Callable:
   """The pure eval step `(params, model_state, batch) -> sums` over the real (mask=1) examples.
 
-  `batch`: `"image"`, `"label"`, `"target"`, and `"mask"` f32 [B] (0 for padding).
+  `batch`: `"image"`, `"label"`, `"target"`, and `"mask"` f32 [B] (0 for padding). With `tta`
+  ("flip") the logits are the mean over the views of `evaluation.tta_views`.
   Returns `{"correct", "count", "loss_sum"}` float32 scalars.
   """
+  evaluation.tta_views(jnp.zeros((1, 1, 1, 1)), tta)  # a bad mode fails here, not at the first evaluation
+
   def evaluate(params, model_state, batch):
-    logits = net.apply({"params": params, **model_state}, batch["image"], train=False)
-    logits = logits.astype(jnp.float32)
+    views = evaluation.tta_views(batch["image"], tta)
+    logits = sum(net.apply({"params": params, **model_state}, v, train=False).astype(jnp.float32)
+                 for v in views) / len(views)
     mask = batch["mask"] if "mask" in batch else jnp.ones(batch["label"].shape, jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     xent = optax.softmax_cross_entropy(logits, batch["target"])
@@ -338,6 +346,34 @@ def run_length(config: ml_collections.ConfigDict, info: Any, train_split: str = 
 # ---------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------
+def whiten_kernel(images: np.ndarray, kernel_shape: tuple[int, ...], eps: float = 5e-4) -> np.ndarray:
+  """A first-layer kernel that whitens image patches (the fast-training recipes' "patch whitening").
+
+  The covariance of the `k x k x C` patches of `images [N, H, W, C]` has eigenvectors `v_i` and
+  eigenvalues `l_i`; the kernel's channels are `v_i / sqrt(l_i + eps)` and their negatives, for the
+  `Cout // 2` largest eigenvalues (an odd last channel takes the next eigenvector), so that
+  non-negative neurons see both signs of each whitened component.
+
+  Returns:
+    float32 `[k, k, C, Cout]`, as `kernel_shape`.
+  """
+  k, _, cin, cout = kernel_shape
+  n, h, w, c = images.shape
+  if c != cin or k * k * cin < (cout + 1) // 2:
+    raise ValueError(f"whiten_kernel: images with {c} channels and kernel {kernel_shape} do not fit "
+                     f"(need Cin = {cin} and at most {2 * k * k * cin} output channels).")
+  x = images.astype(np.float64)
+  patches = np.stack([x[:, i:i + h - k + 1, j:j + w - k + 1, :] for i in range(k) for j in range(k)], axis=-2)
+  patches = patches.reshape(-1, k * k * cin)
+  cov = np.cov(patches, rowvar=False)
+  values, vectors = np.linalg.eigh(cov)
+  order = np.argsort(values)[::-1]
+  half = (cout + 1) // 2
+  filters = vectors[:, order[:half]] / np.sqrt(values[order[:half]] + eps)
+  kernel = np.concatenate([filters, -filters], axis=1)[:, :cout]
+  return kernel.reshape(k, k, cin, cout).astype(np.float32)
+
+
 def _default_data_module():
   from ge2ms_jax import data  # pylint: disable=g-import-not-at-top
   return data
@@ -481,7 +517,7 @@ class Trainer:
                            self.batch_sharding, self.replicated, teacher_shardings=teacher_shardings,
                            wrap_update=wrap_update)
     self.update_fn = (lambda state, batch: step(state, batch, self.teacher)) if distilling else step
-    self.eval_fn = jax.jit(make_eval_fn(self.net),
+    self.eval_fn = jax.jit(make_eval_fn(self.net, config.evals.get("tta", "")),
                            in_shardings=(self.state_shardings.params,
                                          self.state_shardings.model_state, self.batch_sharding),
                            out_shardings=self.replicated)
@@ -504,7 +540,29 @@ class Trainer:
       self.state = self._init_jit(self._rng_data)
       if config.get("init_from"):
         self.state = self._initialize_from(config.init_from)
+      elif config.get("init_whiten", 0):
+        self.state = self._whiten_stem(int(config.init_whiten))
     self.step = int(jax.device_get(self.state.step))
+
+  def _whiten_stem(self, count: int) -> TrainState:
+    """The fresh state with the stem's kernel from patch-whitening statistics of about `count` training
+    images (`whiten_kernel`); the training iterator is rewound, so the run sees the same batches."""
+    start = self.train_iter.get_state()
+    images = []
+    while sum(len(x) for x in images) < count:
+      images.append(np.asarray(jax.device_get(next(self.train_iter)["image"]), np.float32))
+    self.train_iter.set_state(start)
+    params = dict(self.state.params)
+    stem = dict(params["stem_conv"])
+    syn = dict(stem["syn"])
+    kernel = whiten_kernel(np.concatenate(images)[:count], tuple(syn["kernel"].shape))
+    syn["kernel"] = jax.device_put(jnp.asarray(kernel, syn["kernel"].dtype),
+                                   self.state_shardings.params["stem_conv"]["syn"]["kernel"])
+    stem["syn"] = syn
+    params["stem_conv"] = stem
+    _log.info("stem kernel initialized from the patch-whitening statistics of %d training images", count)
+    ema = jax.tree.map(jnp.copy, params) if self.config.optax.ema_decay else self.state.ema_params
+    return self.state.replace(params=params, ema_params=ema)
 
   def _initialize_from(self, path: str) -> TrainState:
     """The fresh state with its parameters and BatchNorm statistics from a trained model (fine-tuning:

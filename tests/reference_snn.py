@@ -18,6 +18,9 @@ What it simulates (one window of T steps per neuron; T = G (b - 1) may differ pe
   (Q K^T) V = θ_q θ_k θ_v / (L_q L_k L_v) · (n_q n_k^T) n_v, scaled by 2^-shift; both product orders
   are computed and must be equal, which in integers they are exactly.
 * Shortcuts are identity synapses: the shortcut's spikes are integrated into the next membrane.
+* Blocks: conv (depthwise mixer + conv-FFN), dense (two full 3x3 convolutions and a shortcut) and
+  attention blocks, each stage after a downsampling convolution of its configured stride (2 unless
+  the config's `strides` says otherwise).
 * Head: a per-token linear layer on the last spikes, then the mean over tokens.
 
 Operation count (`Result.ops`), per layer and from the oracle's own spikes, with every fan-out
@@ -483,6 +486,11 @@ class _Sim:
     return self.neuron(f"{path}/ffn_n_out", lambda: self.shortcut(
         self.synapse(h, f"{path}/ffn_down"), x, f"{path}/ffn_shortcut"))
 
+  def dense_block(self, x: Train, path: str) -> Train:
+    h = self.neuron(f"{path}/conv1_n", lambda: self.synapse(x, f"{path}/conv1"))
+    return self.neuron(f"{path}/n_out", lambda: self.shortcut(
+        self.synapse(h, f"{path}/conv2"), x, f"{path}/shortcut"))
+
   def attn_block(self, x: Train, path: str) -> Train:
     dt = self.dtype
     c = x.spikes.shape[-1]
@@ -507,11 +515,13 @@ class _Sim:
     cfg = self.cfg
     stem_stride = 2 if int(_get(cfg, "image_size")) > 64 else 1
     x = self.neuron("stem_n", lambda: self.synapse(np.asarray(images, dt), "stem_conv", stride=stem_stride))
-    for i, (kind, depth) in enumerate(zip(_get(cfg, "kinds"), _get(cfg, "depths"))):
-      x = self.neuron(f"stage{i}/n_down", lambda x=x, i=i: self.synapse(x, f"stage{i}/down", stride=2))
+    kinds = _get(cfg, "kinds")
+    strides = tuple(_get(cfg, "strides", ()) or ()) or (2,) * len(kinds)
+    blocks = {"conv": self.conv_block, "dense": self.dense_block, "attn": self.attn_block}
+    for i, (kind, depth, stride) in enumerate(zip(kinds, _get(cfg, "depths"), strides)):
+      x = self.neuron(f"stage{i}/n_down", lambda x=x, i=i, s=stride: self.synapse(x, f"stage{i}/down", stride=s))
       for j in range(int(depth)):
-        block = self.conv_block if kind == "conv" else self.attn_block
-        x = block(x, f"stage{i}/block{j}")
+        x = blocks[kind](x, f"stage{i}/block{j}")
     logits = None
     if with_logits:
       head = self.p["head"]

@@ -302,3 +302,39 @@ def test_planning_keeps_outputs_and_lowers_spikes():
   assert all(b**g == 16 and g * (b - 1) <= 6 for b, g in limited.codes.values())
   with pytest.raises(ValueError, match="no code of that level count fits max_steps=3"):
     planning.plan_codes(cfg, converted, x, max_steps=3)
+
+
+def test_flip_tta_evaluates_both_networks_on_both_views_and_counts_both():
+  from ge2ms_jax import evaluation
+  from ge2ms_jax import train
+  from test_train_support import make_arrays
+  cfg, _, variables, _ = _setup("", jnp.float32, batch=2)
+  images, labels = make_arrays(6, 28, num_classes=10, seed=3)
+
+  class data:  # one evaluation batch, as the input pipeline gives it
+    @staticmethod
+    def build_iterator(*args, **kwargs):
+      del args, kwargs
+      return iter([{"image": images, "label": labels, "mask": np.ones(6, np.float32)}])
+
+  config = train.base_config()
+  config.model = cfg
+  config.evals.split, config.evals.batch_size = "test", 6
+  plain = evaluation.evaluate_snn(config, variables, data_module=data, mode="fused")
+  config.evals.tta = "flip"
+  both = evaluation.evaluate_snn(config, variables, data_module=data, mode="fused")
+  p, b = plain.metrics, both.metrics
+  assert (p["views_per_image"], b["views_per_image"], b["tta"]) == (1, 2, "flip")
+  assert b["num_examples"] == p["num_examples"] == 6
+  # Per image: the mirrored view's operations on top of the plain view's, against twice the MACs.
+  assert b["ann_macs_per_image"] == 2 * p["ann_macs_per_image"]
+  flipped = snn.simulate(C.convert(variables, cfg), jnp.asarray(images[:, :, ::-1]), "fused", config=cfg)
+  assert b["sops_per_image"] == pytest.approx(p["sops_per_image"] + sum(r.sops for r in flipped.layers) / 6,
+                                              rel=1e-6)
+  # The QANN's evaluation during training averages the same two views.
+  eval_fn = jax.jit(train.make_eval_fn(M.build(cfg), "flip"))
+  sums = eval_fn(variables["params"], {"batch_stats": variables["batch_stats"]},
+                 {"image": jnp.asarray(images), "label": jnp.asarray(labels), "target": jax.nn.one_hot(labels, 10)})
+  assert float(sums["correct"]) / 6 == pytest.approx(b["qann_top1"])
+  with pytest.raises(ValueError, match="config.evals.tta='mirror'"):
+    train.make_eval_fn(M.build(cfg), "mirror")

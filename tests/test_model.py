@@ -169,7 +169,7 @@ def test_bad_configs_raise_clear_errors(change, match):
 
 
 def test_bad_inputs_raise_clear_errors():
-  with pytest.raises(ValueError, match="choose one of \\['b', 's', 'tiny'\\]"):
+  with pytest.raises(ValueError, match="choose one of \\['b', 'fast', 's', 'tiny'\\]"):
     M.default_config("base")
   cfg = M.default_config("tiny")
   net = M.build(cfg)

@@ -171,3 +171,25 @@ def test_counts_with_mixed_codes_and_padded_windows_equal_the_oracle():
   assert ops["head_mean"]["scalings"] == 3 * 10
   assert ops["stage0/block0/mix_pw"]["scalings"] > 0  # fed by the base-3 code of mix_n_dw
   assert ops["stage1/block0/attn_p1"]["scalings"] > ops["stage1/block0/attn_p2"]["scalings"] > 0
+
+
+def test_dense_stages_and_strides_equal_the_oracle():
+  # The fast recipe's layout, shrunk: dense (full 3x3) stages after stride-1 and stride-2 convolutions, scale-free
+  # BatchNorm, and a GW-SSA stage; spikes and every layer's counts.
+  cfg = models.default_config("fast")
+  cfg.update(dict(num_classes=10, in_channels=3, image_size=32, stem_channels=8, dims=(8, 16, 16),
+                  strides=(1, 2, 2), head_dim=8, heads_per_window=(1, 1), dtype="float64"))
+  images = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
+  with jax.enable_x64(True):
+    net = models.build(cfg, "qann")
+    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x, train=False),
+                            jax.ShapeDtypeStruct(images.shape, jnp.float64))
+    variables = T._randomise({k: shapes[k] for k in ("params", "batch_stats")}, seed=6)  # noqa: SLF001
+    converted = conversion.convert(variables, cfg, check=False)
+    logits, prod = T._capture(cfg, converted, jnp.asarray(images))  # noqa: SLF001
+    layers = snn.simulate(converted, jnp.asarray(images), "spike", config=cfg).layers
+  ref = R.simulate(converted, cfg, images, np.float64)
+  assert not any(T._compare_sites(ref.spikes, prod).values())  # noqa: SLF001
+  np.testing.assert_allclose(ref.logits, logits, rtol=0, atol=1e-9)
+  assert not differences(ref.ops, layers)
+  assert ref.ops["stage0/block0/conv2"]["sops"] > 0 and ref.ops["stage0/block0/shortcut"]["sops"] > 0

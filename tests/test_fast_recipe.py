@@ -1,0 +1,118 @@
+"""The fast CIFAR-10 recipe (experiments/cifar10.py:fast): a quick form trains a few steps and converts
+losslessly; its new pieces (dense stages, strides, scale-free BatchNorm, patch whitening) leave every
+other variant as it was."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ge2ms_jax import config_utils
+from ge2ms_jax import conversion
+from ge2ms_jax import model as M
+from ge2ms_jax import snn
+from ge2ms_jax import train
+from test_train_support import ArrayData, make_arrays
+
+
+class RGBData(ArrayData):
+  """In-memory 32x32 RGB splits of 10 classes."""
+
+  def __init__(self):
+    super().__init__(num_train=64, num_test=16, size=32, num_classes=10)
+    self.splits = {"train": make_arrays(64, 32, channels=3, num_classes=10, seed=1),
+                   "test": make_arrays(16, 32, channels=3, num_classes=10, seed=2)}
+
+
+def _quick_config():
+  """The `fast` recipe with its architecture shrunk (same stage kinds, strides, BatchNorm) and 3 steps."""
+  config = config_utils.load_config("experiments/cifar10.py:fast", {})
+  m = config.model
+  m.stem_channels, m.dims, m.head_dim, m.heads_per_window = 8, (8, 16, 16), 8, (1, 1)
+  config.batch_size = 16
+  config.total_steps = 3
+  config.schedule.warmup_epochs = 0.0
+  config.init_whiten = 32
+  config.ckpt.every_steps = 0
+  config.ckpt.async_save = False
+  config.evals.batch_size = 8
+  config.evals.split = "test"
+  config.log_every_steps = 1
+  return config
+
+
+def test_fast_recipe_config():
+  config = config_utils.load_config("experiments/cifar10.py:fast", {})
+  m = config.model
+  assert m.variant == "fast" and "attn" in m.kinds and "dense" in m.kinds
+  assert config.optax.name == "sgd" and config.optax.nesterov and config.total_epochs == 24.0
+  assert "smoothing=0.2" in config.pp_train and "flip_lr" in config.pp_train
+  assert config_utils.load_config("experiments/cifar10.py:fast,epochs=4", {}).total_epochs == 4.0
+  c = M.count(m)
+  assert 100e6 < c["macs"] < 160e6 and c["params"] < 3_000_000
+  with pytest.raises(config_utils.ConfigError):
+    config_utils.load_config("experiments/cifar10.py:fast,variant=tiny", {})
+
+
+def test_quick_fast_recipe_trains_and_converts_losslessly(tmp_path):
+  config = _quick_config()
+  trainer = train.Trainer(config, str(tmp_path), data_module=RGBData())
+  try:
+    result = trainer.run()
+  finally:
+    trainer.close()
+  assert result.status == "done" and result.step == 3
+  assert all(np.isfinite(h["loss"]) for h in result.history)
+  state = result.state
+  # The stem starts from the whitening kernel; BatchNorm has no scale anywhere.
+  assert "scale" not in state.params["stem_conv"]["bn"]
+  variables = {"params": state.params, **state.model_state}
+  x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3), minval=-2.0, maxval=2.0)
+  with jax.enable_x64(True):
+    cfg = M.default_config("fast")
+    cfg.update(config.model.to_dict())
+    cfg.dtype = "float64"
+    v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    x64 = x.astype(jnp.float64)
+    qann = M.build(cfg).apply(v64, x64)
+    res = snn.simulate(conversion.convert(v64, cfg), x64, "spike", config=cfg)
+    np.testing.assert_allclose(res.logits, qann, rtol=0, atol=1e-9)
+  assert any("stage0/block0/conv1" in layer.name for layer in res.layers)
+  assert any(layer.kind == "attention" for layer in res.layers)
+
+
+def test_whiten_kernel_whitens_patches():
+  rng = np.random.default_rng(0)
+  mix = rng.normal(size=(3, 3))
+  images = rng.normal(size=(64, 8, 8, 3)) @ mix  # correlated channels
+  kernel = train.whiten_kernel(images, (3, 3, 3, 12), eps=0.0)
+  assert kernel.shape == (3, 3, 3, 12)
+  np.testing.assert_allclose(kernel[..., 6:], -kernel[..., :6])
+  patches = np.stack([images[:, i:i + 6, j:j + 6, :] for i in range(3) for j in range(3)], axis=-2)
+  out = patches.reshape(-1, 27) @ kernel.reshape(27, 12)[:, :6]
+  np.testing.assert_allclose(np.cov(out, rowvar=False), np.eye(6), atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "s"])
+def test_other_variants_keep_their_parameters(variant):
+  cfg = M.default_config(variant)
+  cfg.image_size = 32
+  assert cfg.strides == () and cfg.bn_scale
+  assert M.stage_strides(cfg) == (2,) * len(cfg.dims)
+  x = jax.ShapeDtypeStruct((1, 32, 32, cfg.in_channels), jnp.float32)
+  shapes = jax.eval_shape(lambda x: M.build(cfg).init({"params": jax.random.key(0)}, x), x)
+  assert "scale" in shapes["params"]["stem_conv"]["bn"]
+  assert "scale" in shapes["params"]["stage0"]["down"]["bn"]
+
+
+def test_dense_site_graph_and_strides():
+  cfg = M.default_config("fast")
+  cfg.num_classes, cfg.in_channels = 10, 3
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: M.build(cfg).init({"params": jax.random.key(0)}, x), x)
+  assert sorted(M.site_graph(cfg)) == sorted(conversion.neuron_sites(shapes))
+  cfg.strides = (1, 2, 2)
+  assert M.stage_grids(cfg) == [(32, 32), (16, 16), (8, 8)]
+  cfg.strides = (3, 2, 2)
+  with pytest.raises(ValueError, match="strides"):
+    M.validate(cfg)
