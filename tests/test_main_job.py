@@ -35,7 +35,9 @@ def main_job(tmp_path_factory):
   import io
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    code = main.main(RUNLOCAL + ["--workdir", str(workdir), "--mode", "all", "--max_examples", "96"])
+    # The main job's config string, as scripts/main.sh runs it (with the spike-aware loss).
+    args = ["--config", "experiments/fashion_mnist.py:runlocal,spike_aware"] + RUNLOCAL[2:]
+    code = main.main(args + ["--workdir", str(workdir), "--mode", "all", "--max_examples", "96"])
   assert code == 0
   return workdir, out.getvalue()
 
@@ -43,7 +45,8 @@ def main_job(tmp_path_factory):
 def test_main_job_trains_converts_simulates_and_reports(main_job):
   workdir, stdout = main_job
   for line in ("QANN top-1", "SNN top-1", "prediction agreement", "time steps", "spikes per neuron",
-               "energy per image", "checkpoint", "report", "export", "SOPs/MAC", "latency_steps 52",
+               "energy per image", "checkpoint", "report", "export", "SOPs/MAC", "ops/MAC",
+               "PFLOP of training", "GFLOP/s", "latency_steps 52",
                "steps_per_image 4", "fp32_45nm", "int_45nm", SPIKE_CHECK):
     assert line in stdout, line
   assert "multiplication-free checked" not in stdout.replace(SPIKE_CHECK, "")
@@ -67,6 +70,15 @@ def test_main_job_trains_converts_simulates_and_reports(main_job):
   assert report["step"] == 3 and (workdir / "checkpoints" / "3").is_dir()
   assert report["training"]["status"] == "done" and report["training"]["step"] == 3
   assert report["training"]["seconds"] > 0
+  # Its training cost: 3 steps of 32 images at 6 x MACs each, and the rate of the training steps.
+  cost = report["training_cost"]
+  assert cost["images_seen"] == 96 and cost["train_flops"] == 6.0 * m["ann_macs_per_image"] * 96
+  assert cost["train_gflops_per_s"] > 0 and cost["eval_images"] > 0
+  # The spike-aware loss was on: its estimate is logged every step.
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("train/sop_per_mac" in r and "train/sparsity_loss" in r for r in logged)
+  ops = m["sops_per_image"] + m["encoding_macs_per_image"] + m["scalings_per_image"]
+  assert m["ops_per_mac"] == pytest.approx(ops / m["ann_macs_per_image"], rel=1e-12)
   assert json.loads((workdir / "export" / "export.json").read_text())["step"] == 3
   assert [r["site"] for r in report["verify"]][-1] == "logits"
   assert max(r["mismatch_fraction"] for r in report["verify"][:-1]) < 0.01
