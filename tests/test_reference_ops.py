@@ -159,12 +159,8 @@ def test_counts_with_mixed_codes_and_padded_windows_equal_the_oracle():
   fields["neuron"]["per_channel"] = True
   cfg = ml_collections.ConfigDict(fields)
   images = np.random.default_rng(3).standard_normal((3, 28, 28, 1))
+  converted = T.random_converted(cfg, images, seed=5)
   with jax.enable_x64(True):
-    net = models.build(cfg, "qann")
-    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x, train=False),
-                            jax.ShapeDtypeStruct(images.shape, jnp.float64))
-    variables = T._randomise({k: shapes[k] for k in ("params", "batch_stats")}, seed=5)  # noqa: SLF001
-    converted = conversion.convert(variables, cfg, check=False)
     layers = snn.simulate(converted, jnp.asarray(images), "spike", config=cfg).layers
   ops = R.simulate(converted, cfg, images, np.float64).ops
   assert not differences(ops, layers)
@@ -180,12 +176,8 @@ def test_dense_stages_and_strides_equal_the_oracle():
   cfg.update(dict(num_classes=10, in_channels=3, image_size=32, stem_channels=8, dims=(8, 16, 16),
                   strides=(1, 2, 2), head_dim=8, heads_per_window=(1, 1), dtype="float64"))
   images = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
+  converted = T.random_converted(cfg, images, seed=6)
   with jax.enable_x64(True):
-    net = models.build(cfg, "qann")
-    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x, train=False),
-                            jax.ShapeDtypeStruct(images.shape, jnp.float64))
-    variables = T._randomise({k: shapes[k] for k in ("params", "batch_stats")}, seed=6)  # noqa: SLF001
-    converted = conversion.convert(variables, cfg, check=False)
     logits, prod = T._capture(cfg, converted, jnp.asarray(images))  # noqa: SLF001
     layers = snn.simulate(converted, jnp.asarray(images), "spike", config=cfg).layers
   ref = R.simulate(converted, cfg, images, np.float64)

@@ -282,6 +282,16 @@ def _randomise(shapes: Any, seed: int) -> Any:
   return jax.tree_util.tree_unflatten(tree, out)
 
 
+def random_converted(cfg: ml_collections.ConfigDict, images: np.ndarray, seed: int) -> dict:
+  """The converted float64 parameters of `cfg` (dtype float64) with `_randomise`d variables."""
+  with jax.enable_x64(True):
+    net = models.build(cfg, "qann")
+    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x, train=False),
+                            jax.ShapeDtypeStruct(images.shape, jnp.float64))
+    variables = _randomise({k: shapes[k] for k in ("params", "batch_stats")}, seed=seed)
+    return conversion.convert(variables, cfg, check=False)
+
+
 def test_synthetic_mixed_codes_float64_identical():
   # Runlocal size. 28x28 makes the attention grid 7x7, which windows 2 and 4 do not divide (padding
   # is the mask); per-channel thresholds everywhere but the attention operands; explicit shifts;
@@ -294,12 +304,8 @@ def test_synthetic_mixed_codes_float64_identical():
   fields["neuron"]["per_channel"] = True
   cfg = ml_collections.ConfigDict(fields)
   images = np.random.default_rng(1).standard_normal((4, 28, 28, 1))
+  converted = random_converted(cfg, images, seed=7)
   with jax.enable_x64(True):
-    net = models.build(cfg, "qann")
-    shapes = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x, train=False),
-                            jax.ShapeDtypeStruct(images.shape, jnp.float64))
-    variables = _randomise({k: shapes[k] for k in ("params", "batch_stats")}, seed=7)
-    converted = conversion.convert(variables, cfg, check=False)
     logits, prod = _capture(cfg, converted, jnp.asarray(images))
   ref = R.simulate(converted, cfg, images, np.float64)
   mismatches = _compare_sites(ref.spikes, prod)
