@@ -24,8 +24,8 @@ ten times underfits rather than overfits and RandAugment then costs accuracy:
 activations: the `fast` model variant (full 3x3 convolutions in wide stages, strided-conv downsampling,
 a GW-SSA stage on the 4x4 grid, BatchNorm without scale), a stem initialised from patch-whitening
 statistics, Nesterov SGD at batch 512 with a high learning rate, a short warm-up and a linear decay
-to zero, label smoothing 0.2, flip-and-translate augmentation. A prototype: its optimizer settings
-are not tuned yet (3 epochs reached 61% on the held-out images):
+to zero, label smoothing 0.2, flip-and-translate augmentation. A prototype, not yet at its goal
+(3 epochs reached 61% on the held-out images; docs/training.md, section 9b, has what limits it):
 
     python -m ge2ms_jax.main --config experiments/cifar10.py:fast --workdir runs/c10_fast \
         --config.data.source=cifar10-train-jpeg.tar.gz --mode all
