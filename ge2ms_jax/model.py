@@ -51,10 +51,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
               head_dim=64, window_sizes=(2, 7, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
               image_sizes=(224, 256, 288, 384)),
     # Airbench-like: full 3x3 convolutions in wide early stages (downsampling by strided convs, not
-    # max-pooling), GW-SSA on the last 4x4 grid, BatchNorm without a learned scale.
+    # max-pooling), GW-SSA on the last 4x4 grid. BatchNorm keeps its scale, so that every residual
+    # branch starts at zero (without it the untrained attention block costs 6.5 points in an epoch).
     "fast": dict(stem_channels=32, kinds=("dense", "dense", "attn"), dims=(64, 256, 256), depths=(1, 1, 1),
                  head_dim=32, window_sizes=(2, 0), heads_per_window=(4, 4), mlp_ratio=2,
-                 image_sizes=(32,), bn_scale=False),
+                 image_sizes=(32,)),
 }
 STAGE_KINDS = ("conv", "dense", "attn")
 

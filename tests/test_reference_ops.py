@@ -170,11 +170,11 @@ def test_counts_with_mixed_codes_and_padded_windows_equal_the_oracle():
 
 
 def test_dense_stages_and_strides_equal_the_oracle():
-  # The fast recipe's layout, shrunk: dense (full 3x3) stages after stride-1 and stride-2 convolutions, scale-free
-  # BatchNorm, and a GW-SSA stage; spikes and every layer's counts.
+  # The fast recipe's layout, shrunk: dense (full 3x3) stages after stride-1 and stride-2 convolutions,
+  # BatchNorm without a scale (folded all the same), and a GW-SSA stage; spikes and every layer's counts.
   cfg = models.default_config("fast")
   cfg.update(dict(num_classes=10, in_channels=3, image_size=32, stem_channels=8, dims=(8, 16, 16),
-                  strides=(1, 2, 2), head_dim=8, heads_per_window=(1, 1), dtype="float64"))
+                  strides=(1, 2, 2), head_dim=8, heads_per_window=(1, 1), bn_scale=False, dtype="float64"))
   images = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
   converted = T.random_converted(cfg, images, seed=6)
   with jax.enable_x64(True):

@@ -12,7 +12,7 @@ rest, so the table shows what each one buys at equal budget (wall time and steps
 * `no_whitening`: the stem starts from random weights, not from patch-whitening statistics;
 * `no_label_smoothing`: one-hot targets instead of smoothing 0.2;
 * `no_nesterov`: heavy-ball momentum instead of Nesterov's;
-* `bn_scale`: BatchNorm with a learned scale;
+* `no_zero_init`: BatchNorm without a learned scale, so that no residual branch starts at zero;
 * `no_flip_translate`: no random crop (translation) or mirror augmentation.
 
 Flip test-time augmentation (`config.evals.tta = "flip"`, counted in the SNN's operations) is
@@ -29,7 +29,7 @@ ABLATIONS = {
     "no_whitening": {"init_whiten": 0},
     "no_label_smoothing": {"pp_train": "random_crop(32, pad=2)|flip_lr|normalize('cifar10')|onehot(10)"},
     "no_nesterov": {"optax.nesterov": False},
-    "bn_scale": {"model.bn_scale": True},
+    "no_zero_init": {"model.bn_scale": False},
     "no_flip_translate": {"pp_train": _TARGETS},
 }
 
