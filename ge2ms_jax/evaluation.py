@@ -114,7 +114,7 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
   split = split or evals.get("split", None) or config.data.get("eval_split", "test")
   batch_size = int(batch_size or evals.get("batch_size", 256))
   tta = evals.get("tta", "")
-  views = tta_views(jnp.zeros((1, 1, 1, 1)), tta)
+  num_views = len(tta_views(jnp.zeros((1, 1, 1, 1)), tta))  # checks the mode before any work
   it = data_module.build_iterator(config, split=split, global_batch_size=batch_size, sharding=None,
                                   seed=int(config.get("seed", 0)), train=False, num_epochs=1,
                                   eval_data=eval_data)
@@ -152,7 +152,7 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
     raise ValueError(f"evaluate_snn: the evaluation set ({eval_data or split!r}) has no examples.")
   merged = snn.merge(sims)
   n = counts["n"]
-  report = energy_lib.energy_report(merged.layers, len(views) * models.count(model_cfg)["macs"], num_images=n,
+  report = energy_lib.energy_report(merged.layers, num_views * models.count(model_cfg)["macs"], num_images=n,
                                     model=energy_model, snn_mode=merged.mode)
   lat = models.latency(model_cfg)
   metrics = {
@@ -165,7 +165,7 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       "sops_per_image": report.sops, "ann_macs_per_image": report.ann_macs, "sop_per_mac": report.sop_per_mac,
       "encoding_macs_per_image": report.macs_first, "scalings_per_image": report.scalings,
       "ops_per_image": report.ops, "ops_per_mac": report.ops_per_mac, "snn_mode": mode, "snn_check": report.snn_check,
-      "eval_data": eval_data or split, "tta": tta or "none", "views_per_image": len(views),
+      "eval_data": eval_data or split, "tta": tta or "none", "views_per_image": num_views,
       "seconds": time.time() - start,
   }
   return SnnEvaluation(metrics=metrics, energy=report, snn_variables=snn_variables)
