@@ -81,13 +81,14 @@ def tiny_point() -> dict:
 
 def plot(result: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   runs = sorted(result["fast"], key=lambda r: r["train_pflops"])
   if runs:
     ax.plot([r["train_pflops"] for r in runs], [100 * r["top1"] for r in runs], "o-", color="tab:blue",
-            label="fast recipe (Ge²mS-T SNN; separate runs, schedule ended at each budget; 2 CPU cores)")
+            label="fast recipe (Ge²mS-T; separate runs, schedule ended at each budget; 2 CPU cores)")
   t = result["cifar10_tiny"]
   ax.plot([t["train_pflops"]], [100 * t["top1"]], "s", color="tab:green", label="cifar10_tiny (cpu budget)")
   ax.plot([a["train_pflops"] for a in AIRBENCH], [100 * a["top1"] for a in AIRBENCH], "^--", color="tab:gray",
@@ -96,6 +97,7 @@ def plot(result: dict, path: str) -> None:
     ax.annotate(a["name"], (a["train_pflops"], 100 * a["top1"]), fontsize=7, xytext=(4, -10),
                 textcoords="offset points")
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_xlabel("training PFLOP (6 x MACs x images seen)")
   ax.set_ylabel("top-1 on the 5,000 held-out images (%)")
   ax.set_title("CIFAR-10: accuracy against training compute", fontsize=10)
