@@ -1,6 +1,7 @@
 """What a training run cost: FLOPs, wall time, and the fraction of the machine's peak it used.
 
-    cost = training_cost(config, result)     # result: the workdir's result.json (train.py)
+    cost = training_cost(model.count(config.model)["macs"], config.batch_size, result)
+    # result: the workdir's result.json (train.py)
 
 * Training FLOPs are the fast-training records' convention, `6 x MACs per image x images seen` (a
   forward pass is 2 FLOPs per MAC, the backward pass twice that), with `MACs` the network's MACs per
@@ -111,10 +112,10 @@ def format_cost(cost: Mapping[str, Any]) -> str:
   if cost.get("seconds"):
     line += f", {cost['seconds'] / 60:.0f} min"
   if cost.get("train_gflops_per_s"):
+    line += f"; training steps at {cost['train_gflops_per_s']:.0f} GFLOP/s"
+  if cost.get("peak_fraction"):
     cpu = cost["cpu"]
-    line += (f"; training steps at {cost['train_gflops_per_s']:.0f} GFLOP/s, "
-             f"{100 * cost['peak_fraction']:.0f}% of the CPU's {cost['peak_gflops']:.0f} GFLOP/s peak "
+    line += (f", {100 * cost['peak_fraction']:.0f}% of the CPU's {cost['peak_gflops']:.0f} GFLOP/s peak "
              f"({cpu['cores']} cores x {cpu['clock_ghz']:.2f} GHz x {cpu['flops_per_cycle']} FLOPs/cycle, "
-             f"{cpu['vector']})" if cost.get("peak_fraction") else
-             f"; training steps at {cost['train_gflops_per_s']:.0f} GFLOP/s")
+             f"{cpu['vector']})")
   return line
