@@ -6,12 +6,9 @@
 The settings are those of `cifar10.py` with 100 classes. Config string: `variant=s`, `cpu`, `runlocal` (as in `cifar10.py`).
 """
 
-import pathlib
-
-from ge2ms_jax import config_utils
+from ge2ms_jax.configs import cifar
 
 
 def get_config(arg=None):
-  """The experiment config; see the module docstring for the config string."""
-  cifar = config_utils.load_module(str(pathlib.Path(__file__).with_name("cifar10.py")))
+  """The experiment config (the recipe is `ge2ms_jax.configs.cifar`); see the docstring."""
   return cifar.cifar_config(arg, "cifar100")

@@ -10,20 +10,17 @@ and a 20-epoch warm-up at a global batch of 1024. Config string: `variant=b` (or
 model on small synthetic images, for a CPU check of the whole set-up).
 """
 
-from ge2ms_jax import config_utils
-from ge2ms_jax import data
-from ge2ms_jax import model as models
-from ge2ms_jax import train
+from ge2ms_jax.configs import common
 
 
 def get_config(arg=None):
   """The experiment config; see the module docstring for the config string."""
-  arg = config_utils.parse_arg(arg, variant="b", fsdp=1, runlocal=False)
-  config = train.base_config()
-  config.update(data.default_config("imagenet2012"))
+  arg = common.parse_arg(arg, variant="b", fsdp=1, runlocal=False)
+  config = common.base_config()
+  config.update(common.data_config("imagenet2012"))
   config.input.num_workers = 16
 
-  config.model = models.default_config(arg.variant)
+  config.model = common.model_config(arg.variant)
   config.model.num_classes = 1000
   config.model.image_size = 224
   config.model.in_channels = 3
@@ -57,12 +54,12 @@ def get_config(arg=None):
   config.evals.batch_size = 1024
 
   if arg.runlocal:
-    config.update(data.default_config("synthetic"))
+    config.update(common.data_config("synthetic"))
     config.data.image_shape = (64, 64, 3)
     config.data.num_classes = 1000
     config.pp_train = "flip_lr|value_range(-1, 1)|onehot(1000, smoothing=0.1)"
     config.pp_eval = "value_range(-1, 1)|onehot(1000)"
-    config.model = models.default_config("s")
+    config.model = common.model_config("s")
     config.model.num_classes = 1000
     config.model.image_size = 64
     config.model.in_channels = 3

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ge2ms_jax.configs import common as configs_common
 
-def default_config() -> ml_collections.ConfigDict:
-  """`config.distill` of an experiment: off by default."""
-  return ml_collections.ConfigDict(dict(teacher="", weight=0.5, temperature=2.0))
+
+default_config = configs_common.distill_config
 
 
 def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -36,82 +36,17 @@ import numpy as np
 from ge2ms_jax import attention
 from ge2ms_jax import layers as L
 from ge2ms_jax import spikes as sp
+from ge2ms_jax.configs import common as configs_common
 
 Array = jax.Array
 
 # Each variant: stem channels, per-stage (kind, dim, depth, stride), attention layout, resolutions.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(stem_channels=32, kinds=("conv", "attn"), dims=(64, 192), depths=(1, 2),
-                 head_dim=32, window_sizes=(2, 4, 0), heads_per_window=(2, 2, 2), mlp_ratio=4,
-                 image_sizes=(28, 32)),
-    "s": dict(stem_channels=48, kinds=("conv", "conv", "attn"), dims=(96, 192, 384), depths=(1, 2, 6),
-              head_dim=32, window_sizes=(2, 4, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
-              image_sizes=(32, 64, 224)),
-    "b": dict(stem_channels=96, kinds=("conv", "conv", "attn"), dims=(192, 384, 768), depths=(1, 2, 8),
-              head_dim=64, window_sizes=(2, 7, 0), heads_per_window=(4, 4, 4), mlp_ratio=4,
-              image_sizes=(224, 256, 288, 384)),
-    # Airbench-like: full 3x3 convolutions in wide early stages (downsampling by strided convs, not
-    # max-pooling), GW-SSA on the last 4x4 grid. BatchNorm keeps its scale, so that every residual
-    # branch starts at zero (without it the untrained attention block costs 6.5 points in an epoch).
-    "fast": dict(stem_channels=32, kinds=("dense", "dense", "attn"), dims=(64, 256, 256), depths=(1, 1, 1),
-                 head_dim=32, window_sizes=(2, 0), heads_per_window=(4, 4), mlp_ratio=2,
-                 image_sizes=(32,)),
-}
+VARIANTS = configs_common.MODEL_VARIANTS
 STAGE_KINDS = ("conv", "dense", "attn")
 
 
-def default_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-  """The model config of a variant (the `config.model` of an experiment).
-
-  Fields: `variant`, `num_classes`, `image_size`, `in_channels`, `dtype` ("float32" | "bfloat16"),
-  the architecture (`stem_channels`, `kinds`, `dims`, `depths`, `head_dim`, `window_sizes` with 0 =
-  global, `heads_per_window`, `mlp_ratio`, `attn_shift` = -1 for automatic), and the neurons:
-  `neuron` (default `base`, `groups`, `theta_init`, `per_channel`, `method`), `neuron_overrides`
-  ("REGEX=BASE,GROUPS;..." on site names such as "stage1/block0/attn_q"), and for the STBP baseline
-  `neuron_kind` ("expg" | "if" | "lif"), `time_steps`, `tau`, `decay_input`, `surrogate`, `alpha`, `reset`;
-  and `conv_impl` ("auto" | "xla" | "cpu", `layers.resolve_conv_impl`: how convolutions and BatchNorm
-  are computed, not what; a checkpoint loads under any of them).
-  """
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}.")
-  v = VARIANTS[variant]
-  c = ml_collections.ConfigDict()
-  c.variant = variant
-  c.num_classes = 10 if variant == "tiny" else 1000
-  c.image_size = v["image_sizes"][0]
-  c.in_channels = 1 if variant == "tiny" else 3
-  c.dtype = "float32"
-  c.stem_channels = v["stem_channels"]
-  c.kinds = v["kinds"]
-  c.dims = v["dims"]
-  c.depths = v["depths"]
-  c.head_dim = v["head_dim"]
-  c.window_sizes = v["window_sizes"]
-  c.heads_per_window = v["heads_per_window"]
-  c.mlp_ratio = v["mlp_ratio"]
-  c.attn_shift = -1
-  # Downsampling stride of each stage's first conv (1 or 2); () = 2 for every stage.
-  c.strides = tuple(v.get("strides", ()))
-  # False: BatchNorm without a learned scale (gamma fixed at 1; the neuron threshold scales instead).
-  c.bn_scale = bool(v.get("bn_scale", True))
-  # `method`: how spike mode computes ExpG-IF spikes (neurons.expg_if; all give the same spikes):
-  # "closed" computes the digits in one elementwise pass, about 25% faster end to end than "scan".
-  c.neuron = ml_collections.ConfigDict(dict(base=2, groups=4, theta_init=1.0, per_channel=False,
-                                            method="closed"))
-  c.neuron_overrides = ""
-  c.neuron_kind = "expg"
-  c.time_steps = 4
-  c.tau = 2.0
-  # LIF charge: False is STBP's own form (Wu et al., 2018), v <- v (1 - 1/tau) + x, in which one spike
-  # through an identity shortcut (weight 1) reaches threshold 1 and passes on; True (SpikingJelly's
-  # default) charges v += (x - v) / tau, which never lets it fire in T steps, so with the residual
-  # shortcuts of this network no spike reaches the head and the baseline cannot learn.
-  c.decay_input = False
-  c.surrogate = "atan"
-  c.alpha = 2.0
-  c.reset = "soft"
-  c.conv_impl = "auto"
-  return c
+# The model config of a variant (its fields are documented there).
+default_config = configs_common.model_config
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:

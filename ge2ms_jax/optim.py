@@ -19,9 +19,10 @@ import ml_collections
 import optax
 
 from ge2ms_jax import sharding as sharding_lib
+from ge2ms_jax.configs import common as configs_common
 
 # Parameters that take no weight decay: biases, BatchNorm scales, neuron thresholds.
-DEFAULT_WD_EXCLUDE = (r"(^|/)bias$", r"(^|/)scale$", r"theta", r"threshold")
+DEFAULT_WD_EXCLUDE = configs_common.WD_EXCLUDE
 
 
 def make_schedule(config: ml_collections.ConfigDict, total_updates: int,

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ge2ms_jax.configs import common as configs_common
 
-def default_config() -> ml_collections.ConfigDict:
-  """`config.sparsity` of an experiment: off by default."""
-  return ml_collections.ConfigDict(dict(weight=0.0, target=0.0, track=False))
+
+default_config = configs_common.sparsity_config
 
 
 def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -79,46 +79,8 @@ def penalty(sop_per_mac: jax.Array, weight: float, target: float = 0.0) -> jax.A
   return weight * jnp.maximum(excess, 0.0)
 
 
-def finetune_overrides(init_from: str, epochs: float, lr: float, warmup_steps: int = 50,
-                       distill_weight: float = 0.0) -> dict[str, Any]:
-  """Config overrides of a spike-aware fine-tuning run from a trained model.
-
-  The run starts from `init_from` with a fresh optimizer, trains `epochs` on "train" less a
-  class-stratified 10% "tune" split, and evaluates on "tune", so that a sweep picks its setting on
-  images that are neither trained on nor the test images. With `distill_weight` > 0 the model it
-  starts from is also its teacher (`ge2ms_jax/distill.py`, temperature 2).
-  """
-  overrides = {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": float(lr),
-               "schedule.warmup_steps": int(warmup_steps), "data.tune_fraction": 0.1,
-               "data.eval_split": "tune", "sparsity.track": True}
-  if distill_weight:
-    overrides.update({"distill.teacher": init_from, "distill.weight": float(distill_weight)})
-  return overrides
-
-
-def target_run(common: dict[str, Any], weight: float, target: float, epochs: float) -> dict[str, Any]:
-  """A sweep run that pulls with `weight` until SOPs/MAC reaches `target` and then trains for
-  accuracy alone, for `epochs` (the rest of `common`, from `finetune_overrides`, unchanged)."""
-  return dict(common, **{"sparsity.weight": float(weight), "sparsity.target": float(target),
-                         "total_epochs": float(epochs)})
-
-
-def reference_overrides(init_from: str, epochs: float, target: float) -> dict[str, Any]:
-  """The recipe of the shipped sparse models (`checkpoints/*_tiny_sparse`), as config overrides.
-
-  Starting from the dense model `init_from` with a fresh optimizer, it trains `epochs` on the whole
-  training split (the test images stay unseen) with `10 * max(0, SOPs/MAC - target)` added to the loss,
-  at half the dense run's peak learning rate, so that the accuracy recovers while the pull holds the
-  network at the target. The target sits under the 0.30 goal by a 0.01 margin plus how far the
-  evaluated ratio landed from the target on the sweeps' tune split (CIFAR-10: 0.279 at target 0.27,
-  so 0.28; Fashion-MNIST: 0.275 at 0.28, so 0.295). The weight and learning rate are the sweeps'
-  (experiments/sweeps/*_sparsity.py); the model is evaluated once, at the end.
-
-  Args:
-    init_from: the dense export or workdir to fine-tune.
-    epochs: training epochs of the fine-tune.
-    target: the SOPs/MAC below which the loss term is zero.
-  """
-  return {"init_from": init_from, "total_epochs": float(epochs), "optax.lr": 2e-3,
-          "schedule.warmup_steps": 50, "sparsity.weight": 10.0, "sparsity.target": float(target),
-          "sparsity.track": True, "evals.every_steps": 0}
+# Sweep and recipe helpers, as config overrides (ge2ms_jax/configs/common.py).
+finetune_overrides = configs_common.finetune_overrides
+target_run = configs_common.target_run
+# The recipe of the shipped sparse models, as config overrides.
+reference_overrides = configs_common.reference_overrides

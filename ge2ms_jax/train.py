@@ -45,72 +45,12 @@ from ge2ms_jax import evaluation
 from ge2ms_jax import loading
 from ge2ms_jax import sparsity as sparsity_lib
 from ge2ms_jax import workdir_lock
+from ge2ms_jax.configs import common as configs_common
 
 _log = logging.getLogger(__name__)
 
-def base_config() -> ml_collections.ConfigDict:
-  """The trainer's part of an experiment config, with defaults; experiments add model and data."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = 0            # > 0 wins over total_epochs.
-  c.total_epochs = 1.0
-  c.batch_size = 128           # Global, over all processes and devices.
-
-  c.optax = ml_collections.ConfigDict()
-  c.optax.name = "adamw"       # "adamw" | "sgd"
-  c.optax.lr = 1e-3            # Peak learning rate.
-  c.optax.b1 = 0.9
-  c.optax.b2 = 0.999
-  c.optax.eps = 1e-8
-  c.optax.momentum = 0.9       # sgd only.
-  c.optax.nesterov = False     # sgd only.
-  c.optax.wd = 0.05            # Decoupled for adamw, L2 added to the gradient for sgd.
-  c.optax.wd_exclude = list(optim.DEFAULT_WD_EXCLUDE)
-  c.optax.clip_norm = 1.0      # Global-norm clipping; 0 disables.
-  c.optax.grad_accum_steps = 1
-  c.optax.ema_decay = 0.0      # 0 disables the EMA of the parameters.
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.decay_type = "cosine"  # "cosine" | "linear" | "constant"
-  c.schedule.warmup_steps = 0
-  c.schedule.warmup_epochs = 0.0    # Used when warmup_steps is 0.
-  c.schedule.min_lr_ratio = 0.0     # Final lr = lr * min_lr_ratio.
-
-  c.mesh = [("data", -1), ("fsdp", 1)]
-  c.sharding_rules = [(".*", "fsdp")]
-
-  c.log_every_steps = 50
-  c.ckpt = ml_collections.ConfigDict()
-  c.ckpt.every_steps = 1000    # 0: only at the end (and on preemption).
-  c.ckpt.keep = 3
-  c.ckpt.keep_period = 0       # Also keep every checkpoint at a multiple of this step (0: off).
-  c.ckpt.async_save = True
-  c.ckpt.min_free_mb = 256     # Start-up fails unless the workdir has this much free (and twice
-                               # the train state's size); 0 disables the space check.
-
-  # A non-finite loss or gradient norm: "stop" raises FloatingPointError naming the step, the
-  # metric and the last good checkpoint; "skip" leaves the state unchanged for that step (the batch
-  # is consumed) and stops only after `nan_max_skips` consecutive skipped steps.
-  c.nan_policy = "stop"        # "stop" | "skip"
-  c.nan_max_skips = 10
-
-  c.evals = ml_collections.ConfigDict()
-  c.evals.every_steps = 1000   # 0: only at the end.
-  c.evals.split = ""           # "": config.data.eval_split.
-  c.evals.batch_size = 256
-  c.evals.tta = ""             # "flip": logits averaged with the left-right mirrored image's.
-
-  # Spike-aware training (ge2ms_jax/sparsity.py): weight * SOPs/MAC of the converted network.
-  c.sparsity = sparsity_lib.default_config()
-  # Fine-tuning: start from these QANN variables (an export, an Orbax checkpoint step folder, or a
-  # workdir) with a fresh optimizer; a checkpoint in this run's own workdir still wins (resume).
-  c.init_from = ""
-  # Knowledge distillation (ge2ms_jax/distill.py): also match a trained teacher's soft labels.
-  c.distill = distill_lib.default_config()
-  # One run per workdir (ge2ms_jax/workdir_lock.py): the holder's heartbeat interval, and the
-  # heartbeat age after which a lock counts as left behind by a dead run and is taken over.
-  c.workdir_lock = workdir_lock.default_config()
-  return c
+# The trainer's part of an experiment config, with defaults.
+base_config = configs_common.base_config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ from typing import Any
 from etils import epath
 import ml_collections
 
+from ge2ms_jax.configs import common as configs_common
+
 LOCK_FILE = "lock.json"
 _log = logging.getLogger(__name__)
 
@@ -55,9 +57,7 @@ class WorkdirInUseError(RuntimeError):
   """The workdir is held by another live run; the message names the holder and what to do."""
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """`config.workdir_lock` of an experiment."""
-  return ml_collections.ConfigDict(dict(heartbeat_s=30.0, stale_after_s=300.0))
+default_config = configs_common.workdir_lock_config
 
 
 def check(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:

@@ -154,3 +154,41 @@ def test_stbp_experiments_set_neurons_and_time_steps():
   assert q.model.neuron_kind == "expg"
   with pytest.raises(ConfigError, match="'if' or 'lif'"):
     config_utils.load_config("experiments/stbp_cifar10.py:neuron=expg")
+
+
+# Config strings of every recipe the README or a sweep uses, beside each experiment's default.
+RECIPES = [f"{p}:" for p in EXPERIMENTS] + [
+    "experiments/fashion_mnist.py:spike_aware", "experiments/fashion_mnist.py:data=fashion_mnist_full,sparse",
+    "experiments/cifar10.py:variant=tiny,cpu", "experiments/cifar10.py:variant=tiny,cpu,sparse",
+    "experiments/cifar10.py:fast", "experiments/cifar10.py:fast,epochs=4", "experiments/cifar100.py:runlocal",
+    "experiments/stbp_cifar10.py:neuron=if,T=2", "experiments/imagenet.py:runlocal"]
+_HEAVY = ("jax", "flax", "optax", "orbax", "grain", "tensorflow_datasets", "tensorflow")
+
+
+def test_building_any_config_imports_no_training_library():
+  """Reading `--config` (and each sweep's run list) costs a fresh interpreter no jax/flax/tfds import."""
+  import subprocess
+  import sys
+  sweeps = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "sweeps", "*.py")))
+  script = (
+      "import sys\n"
+      "from ge2ms_jax import config_utils\n"
+      f"for spec in {RECIPES!r}:\n"
+      "  config_utils.load_config(spec)\n"
+      f"for path in {sweeps!r}:\n"
+      "  config_utils.load_module(path).get_sweep(None)\n"
+      f"heavy = set({_HEAVY!r})\n"
+      "print(sorted(set(m.split('.')[0] for m in sys.modules) & heavy))\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_experiment_loads_another_by_path():
+  for path in EXPERIMENTS + sorted(glob.glob(os.path.join(ROOT, "experiments", "sweeps", "*.py"))):
+    text = open(os.path.join(ROOT, path)).read()
+    assert "load_module" not in text and "__file__" not in text, path
+    imports = {".".join(line.split()[1:4:2]) for line in text.splitlines() if line.startswith(("import ", "from "))}
+    # The config package, and the sweep files' run-list helpers (ge2ms_jax/sweep.py imports no jax).
+    allowed = {"ge2ms_jax.configs.common", "ge2ms_jax.configs.cifar", "ge2ms_jax.configs.fashion_mnist",
+               "ge2ms_jax.sweep", "ml_collections"}
+    assert imports <= allowed, (path, imports - allowed)

@@ -19,7 +19,7 @@ Flip test-time augmentation (`config.evals.tta = "flip"`, counted in the SNN's o
 measured by evaluating one model both ways, not by a run of its own.
 """
 
-from ge2ms_jax import config_utils
+from ge2ms_jax.configs import common
 
 CONFIG = "experiments/cifar10.py:fast"
 EXPERIMENT_ARGS = ("epochs",)
@@ -36,5 +36,5 @@ ABLATIONS = {
 
 def get_sweep(arg=None):
   """One run per entry of `ABLATIONS`, the whole recipe first."""
-  config_utils.parse_arg(arg)  # No keys of its own (`epochs` goes to the experiment).
+  common.parse_arg(arg)  # No keys of its own (`epochs` goes to the experiment).
   return [dict(overrides) for overrides in ABLATIONS.values()]

@@ -9,7 +9,7 @@ the tiny model at 28 px). `runlocal` is passed on to the experiment (`fashion_mn
 laptop settings apply to every run.
 """
 
-from ge2ms_jax import config_utils
+from ge2ms_jax.configs import common
 from ge2ms_jax import sweep
 
 CONFIG = "experiments/fashion_mnist.py"
@@ -18,7 +18,7 @@ EXPERIMENT_ARGS = ("runlocal",)
 
 def get_sweep(arg=None):
   """The runs of this sweep: 3 codes × 2 window layouts."""
-  config_utils.parse_arg(arg)  # No keys of its own: anything else is an error.
+  common.parse_arg(arg)  # No keys of its own: anything else is an error.
   return sweep.product(
       {"model.neuron.base": [2, 4, 16], "model.neuron.groups": [4, 2, 1]},
       {"model.window_sizes": [(2, 4, 0), (2, 2, 4)]})

@@ -21,7 +21,7 @@ Measured (tune top-1 of the QANN = of the SNN; ops/MAC on the 1,000 tune images)
 Config string: `quick` (3 steps per run: a check that the sweep runs, not a result).
 """
 
-from ge2ms_jax import config_utils
+from ge2ms_jax.configs import common
 
 CONFIG = "experiments/fashion_mnist.py"
 # (weight, target): the target is SOPs/MAC on training batches, below the 0.5 operations-per-MAC goal.
@@ -30,8 +30,8 @@ SETTINGS = ((0.0, 0.0), (10.0, 0.40), (10.0, 0.45), (5.0, 0.40))
 
 def get_sweep(arg=None):
   """One run per (weight, target), the control first."""
-  arg = config_utils.parse_arg(arg, quick=False)
-  common = {"data.tune_fraction": 0.1, "data.eval_split": "tune", "sparsity.track": True}
+  arg = common.parse_arg(arg, quick=False)
+  base = {"data.tune_fraction": 0.1, "data.eval_split": "tune", "sparsity.track": True}
   if arg.quick:
-    common.update({"total_steps": 3, "schedule.warmup_steps": 1, "evals.batch_size": 512})
-  return [dict(common, **{"sparsity.weight": w, "sparsity.target": t}) for w, t in SETTINGS]
+    base.update({"total_steps": 3, "schedule.warmup_steps": 1, "evals.batch_size": 512})
+  return [dict(base, **{"sparsity.weight": w, "sparsity.target": t}) for w, t in SETTINGS]

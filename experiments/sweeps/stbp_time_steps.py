@@ -11,7 +11,7 @@ experiment (`stbp_fashion_mnist.py:runlocal`, 20 steps of a narrow network per r
 `epochs=N` (every run N epochs instead of the experiment's 5; the README's table is `epochs=1`).
 """
 
-from ge2ms_jax import config_utils
+from ge2ms_jax.configs import common
 from ge2ms_jax import sweep
 
 CONFIG = "experiments/stbp_fashion_mnist.py"
@@ -20,7 +20,7 @@ EXPERIMENT_ARGS = ("runlocal", "epochs")
 
 def get_sweep(arg=None):
   """The runs: neuron kind ∈ {lif, expg} × T ∈ {1, 2, 4, 8}."""
-  config_utils.parse_arg(arg)  # No keys of its own: anything else is an error.
+  common.parse_arg(arg)  # No keys of its own: anything else is an error.
   runs = []
   for t in (1, 2, 4, 8):
     runs += sweep.product({"model.neuron_kind": ["lif", "expg"], "model.time_steps": [t, t],

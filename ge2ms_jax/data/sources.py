@@ -16,14 +16,13 @@ import pathlib
 import threading
 from typing import Any, Sequence
 
-import ml_collections
 import numpy as np
 
 from ge2ms_jax.data import builders
 from ge2ms_jax.data import formats
+from ge2ms_jax.configs import common as configs_common
 
-DATASETS = ("fashion_mnist", "fashion_mnist_full", "cifar10", "cifar100", "imagenet2012",
-            "synthetic")
+DATASETS = configs_common.DATASETS
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
 
@@ -37,45 +36,10 @@ def default_data_dir() -> str:
 # ---------------------------------------------------------------------------------------------
 # Default configs
 # ---------------------------------------------------------------------------------------------
-_COMMON_DATA = dict(data_dir=None, source=None, train_split="train", eval_split="test",
-                    validation_fraction=0.0, tune_fraction=0.0, split_seed=0, skip_corrupt=False)
-_SYNTHETIC_DATA = dict(image_shape=(32, 32, 3), num_classes=10, num_train_examples=1024,
-                       num_eval_examples=256)
-DATA_FIELDS = ("name",) + tuple(_COMMON_DATA) + tuple(_SYNTHETIC_DATA)
-INPUT_DEFAULTS = dict(shuffle=True, num_workers=0, num_threads=2, prefetch=4, seed=None,
-                      return_index=False)
-
-
-def default_config(name: str) -> ml_collections.ConfigDict:
-  """The default data, preprocessing and input config of a dataset.
-
-  Returns:
-    A ConfigDict with `data`, `pp_train`, `pp_eval` and `input` (see `ge2ms_jax.data`'s module
-    docstring for the fields), ready for `config.update(default_config(name))`.
-  """
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}.")
-  data = dict(name=name, **_COMMON_DATA)
-  if name in ("fashion_mnist", "fashion_mnist_full"):
-    pp_train = "random_crop(28, pad=2)|flip_lr|normalize('fashion_mnist')|onehot(10)"
-    pp_eval = "normalize('fashion_mnist')|onehot(10)"
-  elif name in ("cifar10", "cifar100"):
-    k = 10 if name == "cifar10" else 100
-    data.update(eval_split="validation", validation_fraction=0.1)
-    pp_train = (f"random_crop(32, pad=4)|flip_lr|randaugment(2, 9)|normalize('{name}')"
-                f"|onehot({k}, smoothing=0.1)")
-    pp_eval = f"normalize('{name}')|onehot({k})"
-  elif name == "imagenet2012":
-    data.update(eval_split="validation")
-    pp_train = ("decode_jpeg_and_inception_crop(224)|flip_lr|randaugment(2, 9)"
-                "|normalize('imagenet')|onehot(1000, smoothing=0.1)|mixup(0.8, cutmix_alpha=1.0)")
-    pp_eval = "decode|resize_small(256)|central_crop(224)|normalize('imagenet')|onehot(1000)"
-  else:  # synthetic
-    data.update(_SYNTHETIC_DATA)
-    pp_train = "flip_lr|value_range(-1, 1)|onehot(10)"
-    pp_eval = "value_range(-1, 1)|onehot(10)"
-  return ml_collections.ConfigDict(dict(
-      data=data, pp_train=pp_train, pp_eval=pp_eval, input=dict(INPUT_DEFAULTS)))
+DATA_FIELDS = configs_common.DATA_FIELDS
+INPUT_DEFAULTS = configs_common.INPUT_DEFAULTS
+# The default data, preprocessing and input config of a dataset (fields: `ge2ms_jax.data`).
+default_config = configs_common.data_config
 
 
 def data_settings(data_config) -> dict[str, Any]:
@@ -87,7 +51,7 @@ def data_settings(data_config) -> dict[str, Any]:
   name = given.get("name")
   if name not in DATASETS:
     raise ValueError(f"config.data.name must be one of {', '.join(DATASETS)}, got {name!r}.")
-  settings = dict(_COMMON_DATA)
+  settings = dict(configs_common.COMMON_DATA)
   settings.update(default_config(name).data.to_dict())
   settings.update({k: v for k, v in given.items()})
   return settings
