@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                       help="the simulation of the other runs on the test images (fused: the same "
                            "operation counts and QANN top-1, SNN top-1 not simulated spike by spike)")
   parser.add_argument("--max_examples", type=int, default=None, help="cap on tune and test images (smoke runs)")
-  parser.add_argument("--ship", default=None, help="write the chosen run's export and report here")
+  parser.add_argument("--ship", default=None, help="write the sparse candidate's export and report here")
   parser.add_argument("--target_ratio", type=float, default=0.30,
                       help="the sparse candidate: the best tune top-1 among runs at or below this tune "
                            "SOPs/MAC, also simulated spike by spike on the test images")
