@@ -72,25 +72,19 @@ def train_step(config, devices=None):
   [B, S, S, C], `label` i32 [B], `target` f32 [B, K]), `mesh`, `net`.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import optim, sharding, state, train  # pylint: disable=g-import-not-at-top
   m = config.model
   mesh = sharding.make_mesh(config.mesh, devices)
-  net = models.build(m)
   steps_per_epoch = 1000.0  # Only shapes the schedule's values, not the program.
   schedule = optim.make_schedule(config, max(1, config.total_steps or 100_000), steps_per_epoch)
-  tx = optim.make_optimizer(config, schedule)
-  init = train.make_init_fn(net, tx, config, jax.ShapeDtypeStruct((1, m.image_size, m.image_size, m.in_channels),
-                                                                  jnp.float32))
-  shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
-  shardings = sharding.infer_shardings(shapes, mesh, config.sharding_rules)
+  setup = state.make_setup(config, mesh, schedule)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   b = config.batch_size
   inputs = {"image": jax.ShapeDtypeStruct((b, m.image_size, m.image_size, m.in_channels), jnp.float32,
                                           sharding=batch_sharding),
             "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding),
             "target": jax.ShapeDtypeStruct((b, m.num_classes), jnp.float32, sharding=batch_sharding)}
-  return {"step": train.jit_update_step(net, tx, schedule, config, shardings, batch_sharding, replicated),
-          "init": jax.jit(init, in_shardings=replicated, out_shardings=shardings),
-          "shapes": shapes, "abstract": sharding.abstract(shapes, shardings), "inputs": inputs,
-          "mesh": mesh, "net": net}
+  return {"step": train.jit_update_step(setup.net, setup.tx, schedule, config, setup.shardings, batch_sharding,
+                                        replicated),
+          "init": jax.jit(setup.init, in_shardings=replicated, out_shardings=setup.shardings),
+          "shapes": setup.shapes, "abstract": setup.abstract, "inputs": inputs, "mesh": mesh, "net": setup.net}

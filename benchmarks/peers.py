@@ -110,9 +110,9 @@ def port_spec(cfg) -> dict[str, Any]:
 
 
 def _quick_model(cfg):
-  """The experiments' laptop-sized network (`fashion_mnist.shrink_model_for_local`) for smoke runs."""
-  from ge2ms_jax import config_utils
-  return config_utils.load_module(str(ROOT / "experiments" / "fashion_mnist.py")).shrink_model_for_local(cfg)
+  """The experiments' laptop-sized network (`configs.common.shrink_model_for_local`) for smoke runs."""
+  from ge2ms_jax.configs import common
+  return common.shrink_model_for_local(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,15 +223,16 @@ def measure_jax(row: dict[str, Any]) -> dict[str, Any]:
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from ge2ms_jax import conversion, optim, snn, train
+  from ge2ms_jax import conversion, snn, train
   from ge2ms_jax import model as models
+  from ge2ms_jax import state as state_lib
   config = _jax_config(row)
   cfg = config.model
   b, shape = row["batch"], tuple(row["shape"])
-  net = models.build(cfg)
-  tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
-  init = train.make_init_fn(net, tx, config, jax.ShapeDtypeStruct((b,) + shape, jnp.float32))
-  state = jax.jit(init)(jax.random.key_data(jax.random.key(0)))
+  setup = state_lib.make_setup(config, None, optax.constant_schedule(1e-3),
+                               images=jax.ShapeDtypeStruct((b,) + shape, jnp.float32))
+  net, tx = setup.net, setup.tx
+  state = setup.init_on_mesh()
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 10, size=b).astype(np.int32)
   batch = {"image": jnp.asarray(rng.normal(size=(b,) + shape).astype(np.float32)),
@@ -377,10 +378,11 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
   import jax.numpy as jnp
   import numpy as np
   sys.path.insert(0, str(ROOT))
-  from ge2ms_jax import config_utils, conversion, optim, snn, train
+  from ge2ms_jax import conversion, optim, snn, train
   from ge2ms_jax import model as models
-  exp = config_utils.load_module(str(ROOT / "experiments" / "fashion_mnist.py"))
-  config = exp.get_config()
+  from ge2ms_jax import state as state_lib
+  from ge2ms_jax.configs import fashion_mnist
+  config = fashion_mnist.get_config()
   if row.get("quick"):
     _quick_model(config.model)
   config.batch_size = row["batch"]
@@ -393,10 +395,10 @@ def curve_jax(row: dict[str, Any]) -> dict[str, Any]:
     config.schedule.warmup_steps = max(1, round(0.05 * total))
     config.schedule.warmup_epochs = 0.0
     schedule = optim.make_schedule(config, total, 1.0)
-    tx = optim.make_optimizer(config, schedule)
-    init = train.make_init_fn(net, tx, config, jax.ShapeDtypeStruct((row["batch"], 28, 28, 1), jnp.float32))
-    update = jax.jit(train.make_update_fn(net, tx, schedule, config), donate_argnums=(0,))
-    return jax.jit(init)(jax.random.key_data(jax.random.key(0))), update
+    setup = state_lib.make_setup(config, None, schedule, net=net,
+                                 images=jax.ShapeDtypeStruct((row["batch"], 28, 28, 1), jnp.float32))
+    update = jax.jit(train.make_update_fn(net, setup.tx, schedule, config), donate_argnums=(0,))
+    return setup.init_on_mesh(), update
 
   def as_batch(x, y):
     return {"image": jnp.asarray(x), "label": jnp.asarray(y, jnp.int32),

@@ -58,15 +58,13 @@ TARGET_QANN_RATIO = 1.05
 # ---------------------------------------------------------------------------------------------
 def _config(kind: str, t: int, variant: str, image_shape: tuple[int, int, int], quick: bool):
   sys.path.insert(0, str(ROOT))
-  from ge2ms_jax import model as models
-  from ge2ms_jax import train
-  config = train.base_config()
-  config.model = models.default_config(variant)
+  from ge2ms_jax.configs import common
+  config = common.base_config()
+  config.model = common.model_config(variant)
   config.model.image_size, config.model.in_channels = image_shape[0], image_shape[2]
   config.model.num_classes = 10
   if quick:  # The experiments' laptop-sized network.
-    from ge2ms_jax import config_utils
-    config_utils.load_module(str(ROOT / "experiments" / "fashion_mnist.py")).shrink_model_for_local(config.model)
+    common.shrink_model_for_local(config.model)
   if kind == "qann":
     config.model.neuron_kind = "expg"
     config.model.neuron.base = 2
@@ -86,16 +84,14 @@ def measure(kind: str, t: int, *, variant: str = "tiny", image_shape=(28, 28, 1)
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from ge2ms_jax import model as models
-  from ge2ms_jax import optim
+  from ge2ms_jax import state as state_lib
   from ge2ms_jax import train
 
   config = _config(kind, t, variant, tuple(image_shape), quick)
-  net = models.build(config.model)
-  tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
-  image_spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-  init = train.make_init_fn(net, tx, config, image_spec)
-  state = jax.jit(init)(jax.random.key_data(jax.random.key(0)))
+  setup = state_lib.make_setup(config, None, optax.constant_schedule(1e-3),
+                               images=jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
+  net, tx = setup.net, setup.tx
+  state = setup.init_on_mesh()
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 10, size=batch).astype(np.int32)
   batch_arrays = {"image": jnp.asarray(rng.normal(size=(batch, *image_shape)).astype(np.float32)),

@@ -19,7 +19,8 @@ and the unreadable folder is renamed to `<step>.unreadable-<time>` (named in the
 kept), so training resumes and later saves do not collide with it. A checkpoint that is intact but
 does not fit the run's state (the model or optimizer config changed) is an error, not set aside.
 
-`check_workdir` fails early when a directory cannot be created, written or is short of space.
+`check_workdir` (from `workdir_lock`) fails early when a directory cannot be created, written or is
+short of space.
 For tests, `GE2MS_FAULT_SAVE_DELAY=<seconds>` stretches every save (inside the input-state write
 and between the manifest and the commit) so that a kill can be aimed at the middle of one.
 """
@@ -27,7 +28,6 @@ and between the manifest and the commit) so that a kill can be aimed at the midd
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -36,13 +36,15 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
+
+from ge2ms_jax import workdir_lock
 
 _log = logging.getLogger(__name__)
 
@@ -63,10 +65,6 @@ class CheckpointCorruptError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
   """An intact checkpoint whose arrays do not fit the train state of this run."""
-
-
-class WorkdirError(OSError):
-  """A directory a run must write to that cannot be created, written, or is short of space."""
 
 
 def _fault_delay() -> None:
@@ -114,7 +112,7 @@ def write_manifest(step_dir: str | os.PathLike, step: int) -> dict[str, Any]:
     files[rel] = {"size": path.stat().length, "sha256": _sha256(path)}
   manifest = {"format": 1, "step": int(step), "files": files}
   text = json.dumps(manifest, indent=1, sort_keys=True)
-  if not _is_local(os.fspath(step_dir)):  # Object stores write whole objects.
+  if "://" in os.fspath(step_dir):  # Object stores write whole objects.
     (step_dir / INTEGRITY).write_text(text)
     return manifest
   tmp = step_dir / (INTEGRITY + ".tmp")
@@ -170,63 +168,9 @@ def verify_manifest(step_dir: str | os.PathLike, step: int | None = None) -> boo
   return True
 
 
-# ---------------------------------------------------------------------------------------------
-# Workdir checks
-# ---------------------------------------------------------------------------------------------
-def _is_local(path: str) -> bool:
-  return "://" not in path
-
-
-def check_workdir(path: str | os.PathLike, min_free_bytes: int = 0, what: str = "workdir") -> None:
-  """Fails early when `path` cannot be created, cannot be written, or has too little free space.
-
-  Args:
-    path: a directory a run writes to (created if missing). Remote paths (`gs://...`) are only
-      created; their space and permissions are the storage service's business.
-    min_free_bytes: the least free space (bytes) the filesystem must have.
-    what: how the error names the directory (e.g. "workdir").
-
-  Raises:
-    WorkdirError: saying which of the three failed, with the path and what to do.
-  """
-  path = os.fspath(path)
-  if not _is_local(path):
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-    return
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise WorkdirError(e.errno or errno.EIO,
-                       f"{what} {path!r} cannot be created ({e.strerror or e}); choose a "
-                       "directory you can write to (--workdir).") from e
-  if not os.path.isdir(path):
-    raise WorkdirError(errno.ENOTDIR, f"{what} {path!r} exists but is not a directory.")
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise WorkdirError(errno.EACCES, f"{what} {path!r} is not writable (permissions or a "
-                       "read-only filesystem); fix its permissions or choose another --workdir.")
-  probe = os.path.join(path, f".write-probe-{os.getpid()}")
-  try:
-    with open(probe, "wb") as f:
-      f.write(b"ok")
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:
-    raise WorkdirError(e.errno or errno.EIO,
-                       f"{what} {path!r} is not writable ({e.strerror or e}); fix its permissions, "
-                       "free space, or choose another --workdir.") from e
-  finally:
-    try:
-      os.remove(probe)
-    except OSError:
-      pass
-  if min_free_bytes > 0:
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    if free < min_free_bytes:
-      raise WorkdirError(errno.ENOSPC,
-                         f"{what} {path!r} has {free / 2**20:.1f} MiB free, less than the "
-                         f"{min_free_bytes / 2**20:.1f} MiB this run needs for its checkpoints; free "
-                         "space, choose another --workdir, or lower config.ckpt.min_free_mb.")
+# The workdir checks live with the workdir's lock; these names stay importable from here.
+check_workdir = workdir_lock.check_workdir
+WorkdirError = workdir_lock.WorkdirError
 
 # Orbax splits each replicated array among its replicas so that they write in parallel; the split
 # compiles one slicing program per array shape on the first save, seconds for a model's hundreds of
@@ -452,7 +396,26 @@ class Checkpointer:
     self._manager.close()
 
   # -- restore --------------------------------------------------------------------------------
-  def _restore_step(self, step: int, abstract_state: Any) -> Restored:
+  def _restore_partial(self, step: int, abstract_fields: Mapping[str, Any]) -> Restored:
+    """Restores only the top-level fields of the state named in `abstract_fields` (a dict)."""
+    path = self.directory / str(step) / STATE
+    saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
+    missing = sorted(set(abstract_fields) - set(saved))
+    if missing:
+      raise ValueError(f"checkpoint step {step} has no state fields {missing}; it has {sorted(saved)}.")
+    # A field saved empty (no EMA kept: `ema_params` is {}) has nothing to read and comes back empty.
+    wanted = {k: v for k, v in abstract_fields.items() if jax.tree.leaves(saved[k])}
+    args = ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                  partial_restore=True)
+    # Read by its own checkpointer: the manager's handler for the item is the one it saves with.
+    with ocp.PyTreeCheckpointer() as reader:
+      out = reader.restore(path, args=args)
+    return Restored(state={k: out[k] if k in wanted else {} for k in abstract_fields}, data_state=None,
+                    step=step)
+
+  def _restore_step(self, step: int, abstract_state: Any, partial: bool = False) -> Restored:
+    if partial:
+      return self._restore_partial(step, abstract_state)
     args = {STATE: ocp.args.StandardRestore(abstract_state)}
     data_dir = self.directory / str(step) / DATA
     # Grain's handler fails on a missing state file; a process without one (e.g. the run was
@@ -483,11 +446,11 @@ class Checkpointer:
     """Checks checkpoint `step` against its integrity manifest (see `verify_manifest`)."""
     return verify_manifest(self.directory / str(int(step)), int(step))
 
-  def _checked_restore(self, step: int, abstract_state: Any) -> Restored:
+  def _checked_restore(self, step: int, abstract_state: Any, partial: bool) -> Restored:
     """Verifies, then restores one step; an intact step that fails to restore is a mismatch."""
     verified = self.verify(step)
     try:
-      return self._restore_step(step, abstract_state)
+      return self._restore_step(step, abstract_state, partial)
     except Exception as e:  # pylint: disable=broad-except
       if not verified:
         raise
@@ -497,7 +460,7 @@ class Checkpointer:
           "or optimizer config change? Restore with the config it was saved with (the workdir's "
           "config.json), or train in a new --workdir.") from e
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
+  def restore(self, abstract_state: Any, step: int | None = None, *, partial: bool = False) -> Restored:
     """Restores checkpoint `step` (default: the newest) onto the shardings in `abstract_state`.
 
     Every step is first checked against its integrity manifest. Without `step`, a corrupt or
@@ -506,8 +469,12 @@ class Checkpointer:
 
     Args:
       abstract_state: a pytree of `jax.ShapeDtypeStruct` with `sharding=` set, the structure of the
-        saved state (it may be on a different mesh than the one that saved it).
+        saved state (it may be on a different mesh than the one that saved it); with `partial`, a
+        dict of some of the saved state's top-level fields (`state.inference_abstract`).
       step: a specific step; None for the newest readable one.
+      partial: read only the fields in `abstract_state` (Orbax's partial restore: the optimizer
+        state is not read, so it need not match) and no input-iterator state; the state comes back
+        as a dict of those fields, a field saved empty as `{}`.
 
     Returns:
       `Restored(state, data_state, step)`; `data_state` is None if this process has none saved.
@@ -523,13 +490,13 @@ class Checkpointer:
       if int(step) not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
                                 f"available steps: {steps}.")
-      return self._checked_restore(int(step), abstract_state)
+      return self._checked_restore(int(step), abstract_state, partial)
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
     failures = []
     for candidate in reversed(steps):
       try:
-        restored = self._checked_restore(candidate, abstract_state)
+        restored = self._checked_restore(candidate, abstract_state, partial)
       except CheckpointMismatchError:
         if failures:
           self._manager.reload()

@@ -68,15 +68,6 @@ def tta_views(images: jax.Array, tta: str) -> list[jax.Array]:
   return [images] + ([images[..., ::-1, :]] if tta == "flip" else [])
 
 
-def qann_variables(state: Any, config: ml_collections.ConfigDict, use_ema: bool | None = None) -> dict:
-  """The QANN variables `{"params", "batch_stats"}` of a `train.TrainState` (EMA parameters when the
-  run kept them)."""
-  if use_ema is None:
-    use_ema = bool(config.get("optax", {}).get("ema_decay", 0.0)) and bool(state.ema_params)
-  params = state.ema_params if use_ema else state.params
-  return {"params": params, **dict(state.model_state)}
-
-
 def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *, data_module=None,
                  eval_data: str | None = None, split: str | None = None, batch_size: int | None = None,
                  max_examples: int | None = None, mode: str = "spike",

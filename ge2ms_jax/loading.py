@@ -21,15 +21,13 @@ import os
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from ge2ms_jax import checkpoint as ckpt_lib
 from ge2ms_jax import config_utils
 from ge2ms_jax import export
-from ge2ms_jax import optim
 from ge2ms_jax import sharding as sharding_lib
+from ge2ms_jax import state as state_lib
 
 _log = logging.getLogger(__name__)
 
@@ -134,25 +132,19 @@ def adopt_model_config(config: ml_collections.ConfigDict, source: Source) -> lis
 
 
 def _restore_orbax(config: ml_collections.ConfigDict, source: Source, devices=None) -> tuple[dict, int]:
-  """The QANN variables and step of an Orbax checkpoint, restored onto the run's mesh and fetched."""
-  from ge2ms_jax import evaluation, train  # pylint: disable=g-import-not-at-top
-  from ge2ms_jax import model as models  # pylint: disable=g-import-not-at-top
-  net = models.build(config.model)
+  """The QANN variables and step of an Orbax checkpoint, restored onto the run's mesh and fetched.
+
+  Only what inference reads is restored (parameters, model state, EMA parameters): the optimizer
+  state is not, so the checkpoint loads under any optimizer config."""
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  m = config.model
-  image_spec = jax.ShapeDtypeStruct((1, m.image_size, m.image_size, m.in_channels), jnp.float32)
-  # The optimizer only shapes the state's structure here; the schedule's values do not matter.
-  tx = optim.make_optimizer(config, optax.constant_schedule(config.optax.lr))
-  init = train.make_init_fn(net, tx, config, image_spec)
-  shapes = jax.eval_shape(init, jax.random.key_data(jax.random.key(config.seed)))
-  shardings = sharding_lib.infer_shardings(shapes, mesh, config.sharding_rules)
   checkpointer = ckpt_lib.Checkpointer(source.directory, max_to_keep=None, async_save=False)
   try:
-    restored = checkpointer.restore(sharding_lib.abstract(shapes, shardings), source.step)
+    restored = checkpointer.restore(state_lib.inference_abstract(config, mesh, with_ema=True),
+                                    source.step, partial=True)
   finally:
     checkpointer.close()
   _log.info("loaded step %d from %s", restored.step, source.directory)
-  return jax.device_get(evaluation.qann_variables(restored.state, config)), int(restored.step)
+  return jax.device_get(state_lib.qann_variables(restored.state)), int(restored.step)
 
 
 def load(config: ml_collections.ConfigDict, path: str | os.PathLike | None = None, *,
@@ -161,8 +153,8 @@ def load(config: ml_collections.ConfigDict, path: str | os.PathLike | None = Non
   """Loads a trained model from `path`, or from `workdir`'s newest checkpoint.
 
   Args:
-    config: the run's config (model; for an Orbax checkpoint also the optimizer structure, mesh and
-      sharding rules its state was saved with).
+    config: the run's config (model; for an Orbax checkpoint also the mesh and sharding rules its
+      arrays are laid out by).
     path: an export, a training workdir, an Orbax checkpoints directory or step folder.
     workdir: instead of `path`, the run's own workdir (its config is the run's: nothing is adopted).
     adopt: with `path`, first give `config.model` the architecture recorded with it

@@ -8,7 +8,7 @@ entropy on the input pipeline's `target` (one-hot, possibly smoothed or mixed). 
 `jax.jit` with donated state and explicit in/out shardings; it is traced once. Per-step randomness is
 `fold_in(rng, step)`, so a resumed run draws exactly what an uninterrupted one would.
 
-Trainer keys of the config (see `base_config` for defaults): `seed`, `total_steps` or
+Trainer keys of the config (see `configs.common.base_config` for defaults): `seed`, `total_steps` or
 `total_epochs`, `batch_size`, `optax.*` (optimizer, weight decay and its exclusion regexes,
 clipping, accumulation, EMA), `schedule.*`, `mesh`, `sharding_rules`, `log_every_steps`, `ckpt.*`,
 `evals.*`, `nan_policy` / `nan_max_skips` (what a NaN/Inf loss or gradient does; see
@@ -28,7 +28,6 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,6 +43,7 @@ from ge2ms_jax import distill as distill_lib
 from ge2ms_jax import evaluation
 from ge2ms_jax import loading
 from ge2ms_jax import sparsity as sparsity_lib
+from ge2ms_jax import state as state_lib
 from ge2ms_jax import workdir_lock
 from ge2ms_jax.configs import common as configs_common
 
@@ -53,27 +53,9 @@ _log = logging.getLogger(__name__)
 base_config = configs_common.base_config
 
 
-# ---------------------------------------------------------------------------------------------
-# Train state
-# ---------------------------------------------------------------------------------------------
-@flax.struct.dataclass
-class TrainState:
-  """Everything a checkpoint holds besides the input position.
-
-  Attributes:
-    step: int32 [] number of update steps taken.
-    params: the model's trainable parameters (float32).
-    model_state: the model's other variable collections, e.g. `{"batch_stats": ...}`.
-    opt_state: the optax state.
-    ema_params: exponential moving average of `params`, or `{}` when disabled.
-    rng: uint32 key data of the run's base PRNG key; step `s` uses `fold_in(key, s)`.
-  """
-  step: jax.Array
-  params: Any
-  model_state: Any
-  opt_state: Any
-  ema_params: Any
-  rng: jax.Array
+# The train state lives in ge2ms_jax/state.py; these names stay importable from here.
+TrainState = state_lib.TrainState
+make_init_fn = state_lib.make_init_fn
 
 
 class NonFiniteError(FloatingPointError):
@@ -94,11 +76,6 @@ class TrainResult:
   evals: list[dict[str, float]]
   train_seconds: float = 0.0        # Wall time of this invocation's loop less evaluations and saves.
   eval_images: int = 0              # Images the evaluations of this invocation ran forward passes on.
-
-
-def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-  variables = dict(variables)
-  return variables.pop("params"), variables
 
 
 def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -242,21 +219,6 @@ def jit_update_step(net, tx: optax.GradientTransformation, schedule: optax.Sched
                  out_shardings=(state_shardings, replicated))
 
 
-def make_init_fn(net, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                 image_spec: jax.ShapeDtypeStruct) -> Callable:
-  """`init(rng_data) -> TrainState` for images shaped like `image_spec` ([B, H, W, C])."""
-  def init(rng_data):
-    rng = jax.random.wrap_key_data(rng_data)
-    params_rng, dropout_rng = jax.random.split(rng)
-    image = jnp.zeros(image_spec.shape, image_spec.dtype)
-    variables = net.init({"params": params_rng, "dropout": dropout_rng}, image, train=False)
-    params, model_state = _split_variables(variables)
-    ema = jax.tree.map(jnp.copy, params) if config.optax.ema_decay else {}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), ema_params=ema, rng=rng_data)
-  return init
-
-
 # ---------------------------------------------------------------------------------------------
 # Run length
 # ---------------------------------------------------------------------------------------------
@@ -340,8 +302,261 @@ def _close(iterator) -> None:
     close()
 
 
+# ---------------------------------------------------------------------------------------------
+# Set-up: one small function per part, put together by `setup_run`
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class InputSetup:
+  """The training input.
+
+  Attributes:
+    data: the input module (`dataset_info`, `build_iterator`).
+    iterator: the training iterator, at the run's first batch (`get_state`/`set_state` resume it).
+    batch_spec: the batches' `jax.ShapeDtypeStruct`s, e.g. `image` f32 [B, H, W, C].
+    total_steps, steps_per_epoch: the run's length (`run_length`).
+  """
+  data: Any
+  iterator: Any
+  batch_spec: Mapping[str, jax.ShapeDtypeStruct]
+  total_steps: int
+  steps_per_epoch: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """Everything a `Trainer` runs with, made once by `setup_run`.
+
+  Attributes:
+    mesh, batch_sharding, replicated: the device mesh, and how batches and metrics lie on it.
+    input: the training input (`InputSetup`).
+    schedule: the learning-rate schedule over optimizer updates.
+    state: the network, optimizer and abstract train state (`state.StateSetup`).
+    teacher: the distillation teacher's variables on the mesh, or None.
+    update_fn: `(state, batch) -> (state, metrics)`, jitted, state donated.
+    eval_fn: `(params, model_state, batch) -> sums`, jitted (`make_eval_fn`).
+    checkpointer: the workdir's checkpoints.
+  """
+  mesh: jax.sharding.Mesh
+  batch_sharding: Any
+  replicated: Any
+  input: InputSetup
+  schedule: optax.Schedule
+  state: state_lib.StateSetup
+  teacher: Any
+  update_fn: Callable
+  eval_fn: Callable
+  checkpointer: ckpt_lib.Checkpointer
+
+
+def setup_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The ("data", "fsdp") mesh of `config.mesh`, with both batch sizes checked against it."""
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  sharding_lib.check_batch_size(config.batch_size, mesh, "batch_size")
+  sharding_lib.check_batch_size(config.evals.batch_size, mesh, "evals.batch_size")
+  _log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  return mesh
+
+
+def setup_input(config: ml_collections.ConfigDict, data_module, mesh: jax.sharding.Mesh) -> InputSetup:
+  """The training iterator and the run's length; the first batch, peeked and rewound, gives the shapes."""
+  data = data_module if data_module is not None else _default_data_module()
+  total_steps, steps_per_epoch = run_length(config, data.dataset_info(config), train_split(config))
+  iterator = data.build_iterator(config, split=train_split(config), global_batch_size=config.batch_size,
+                                 sharding=sharding_lib.batch_sharding(mesh), seed=config.seed, train=True,
+                                 num_epochs=None)
+  start = iterator.get_state()
+  first = next(iterator)
+  iterator.set_state(start)  # The peeked batch is trained on in order.
+  batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in first.items()}
+  _log.info("input: %s, %d steps (%.2f epochs at %.1f steps/epoch)",
+            {k: (v.shape, str(v.dtype)) for k, v in batch_spec.items()}, total_steps,
+            total_steps / steps_per_epoch if steps_per_epoch else float("nan"), steps_per_epoch)
+  return InputSetup(data, iterator, batch_spec, total_steps, steps_per_epoch)
+
+
+def setup_schedule(config: ml_collections.ConfigDict, inputs: InputSetup) -> optax.Schedule:
+  """The learning-rate schedule over the run's optimizer updates (steps / accumulation)."""
+  accum = max(1, config.optax.grad_accum_steps)
+  per_epoch = inputs.steps_per_epoch / accum if math.isfinite(inputs.steps_per_epoch) else 0.0
+  return optim.make_schedule(config, max(1, inputs.total_steps // accum), per_epoch)
+
+
+def setup_state(config: ml_collections.ConfigDict, net, inputs: InputSetup, mesh: jax.sharding.Mesh,
+                schedule: optax.Schedule, workdir: str) -> state_lib.StateSetup:
+  """The network, optimizer and abstract train state; fails early when the workdir lacks
+  `config.ckpt.min_free_mb` or room for two checkpoints of the state (one written beside the newest)."""
+  image = inputs.batch_spec["image"]  # Initialized with one example: shapes are all it needs.
+  setup = state_lib.make_setup(config, mesh, schedule, net=net if net is not None else _default_net(config),
+                               images=jax.ShapeDtypeStruct((1, *image.shape[1:]), image.dtype))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.shapes.params))
+  _log.info("model %s: %s parameters", type(setup.net).__name__, f"{num_params:,}")
+  for line in sharding_lib.describe(setup.shapes.params, setup.shardings.params):
+    _log.debug("param %s", line)
+  min_free = int(config.ckpt.get("min_free_mb", 0) * 2**20)
+  if min_free:  # 0 turns the space check off
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.shapes))
+    workdir_lock.require_free_space(workdir, max(min_free, 2 * state_bytes))
+  return setup
+
+
+def setup_teacher(config: ml_collections.ConfigDict, setup: state_lib.StateSetup) -> Any:
+  """The distillation teacher's variables, laid out like the student's own; None without distillation.
+
+  The teacher is an argument of the update step, not a constant folded into its program."""
+  if not distill_lib.enabled(config):
+    return None
+  shardings = {"params": setup.shardings.params, **setup.shardings.model_state}
+  teacher = loading.load(config, config.distill.teacher, adopt=False, what="config.distill.teacher")
+  _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
+            config.distill.weight, config.distill.temperature)
+  return jax.device_put(teacher.variables, shardings)
+
+
+def setup_steps(config: ml_collections.ConfigDict, setup: state_lib.StateSetup, schedule: optax.Schedule,
+                teacher: Any, wrap_update: Callable | None) -> tuple[Callable, Callable]:
+  """The jitted `(state, batch) -> (state, metrics)` update and `(params, model_state, batch) -> sums`
+  evaluation, with every sharding fixed."""
+  batch_sharding, replicated = sharding_lib.batch_sharding(setup.mesh), sharding_lib.replicated(setup.mesh)
+  teacher_shardings = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher)
+  step = jit_update_step(setup.net, setup.tx, schedule, config, setup.shardings, batch_sharding, replicated,
+                         teacher_shardings=teacher_shardings, wrap_update=wrap_update)
+  update_fn = step if teacher is None else (lambda state, batch: step(state, batch, teacher))
+  eval_fn = jax.jit(make_eval_fn(setup.net, config.evals.get("tta", "")),
+                    in_shardings=(setup.shardings.params, setup.shardings.model_state, batch_sharding),
+                    out_shardings=replicated)
+  return update_fn, eval_fn
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str, *, net=None, data_module=None,
+              devices=None, wrap_update: Callable | None = None) -> RunSetup:
+  """Mesh, input, schedule, state, teacher, steps and checkpointer of a run, in that order."""
+  mesh = setup_mesh(config, devices)
+  inputs = setup_input(config, data_module, mesh)
+  schedule = setup_schedule(config, inputs)
+  state = setup_state(config, net, inputs, mesh, schedule, workdir)
+  teacher = setup_teacher(config, state)
+  update_fn, eval_fn = setup_steps(config, state, schedule, teacher, wrap_update)
+  c = config.ckpt
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.keep or None,
+                                       keep_period=c.keep_period or None, async_save=c.async_save)
+  return RunSetup(mesh=mesh, batch_sharding=sharding_lib.batch_sharding(mesh),
+                  replicated=sharding_lib.replicated(mesh), input=inputs, schedule=schedule, state=state,
+                  teacher=teacher, update_fn=update_fn, eval_fn=eval_fn, checkpointer=checkpointer)
+
+
+def restore_or_init(config: ml_collections.ConfigDict, run: RunSetup) -> TrainState:
+  """The newest readable checkpoint in the workdir (and the input's position with it); else a fresh
+  state, started from `config.init_from` or a patch-whitened stem (`config.init_whiten`) if set."""
+  if run.checkpointer.latest_step() is not None:
+    restored = run.checkpointer.restore(run.state.abstract)
+    if restored.data_state is not None:
+      run.input.iterator.set_state(restored.data_state)
+    _log.info("resumed from step %d of %s", restored.step, run.checkpointer.directory)
+    return restored.state
+  state = run.state.init_on_mesh()
+  if config.get("init_from"):
+    return initialize_from(config, run.state, state, config.init_from)
+  if config.get("init_whiten", 0):
+    return whiten_stem(config, run, state, int(config.init_whiten))
+  return state
+
+
+def _with_params(config: ml_collections.ConfigDict, state: TrainState, params: Any, **fields) -> TrainState:
+  """`state` with new `params` (and other `fields`); the EMA, when kept, restarts from them."""
+  ema = jax.tree.map(jnp.copy, params) if config.optax.ema_decay else state.ema_params
+  return state.replace(params=params, ema_params=ema, **fields)
+
+
+def whiten_stem(config: ml_collections.ConfigDict, run: RunSetup, state: TrainState, count: int) -> TrainState:
+  """`state` with the stem's kernel from patch-whitening statistics of about `count` training images
+  (`whiten_kernel`); the training iterator is rewound, so the run sees the same batches."""
+  iterator = run.input.iterator
+  start = iterator.get_state()
+  images = []
+  while sum(len(x) for x in images) < count:
+    images.append(np.asarray(jax.device_get(next(iterator)["image"]), np.float32))
+  iterator.set_state(start)
+  stem = state.params["stem_conv"]
+  kernel = stem["syn"]["kernel"]
+  whitened = whiten_kernel(np.concatenate(images)[:count], tuple(kernel.shape))
+  whitened = jax.device_put(jnp.asarray(whitened, kernel.dtype), kernel.sharding)
+  params = {**state.params, "stem_conv": {**stem, "syn": {**stem["syn"], "kernel": whitened}}}
+  _log.info("stem kernel initialized from the patch-whitening statistics of %d training images", count)
+  return _with_params(config, state, params)
+
+
+def initialize_from(config: ml_collections.ConfigDict, setup: state_lib.StateSetup, state: TrainState,
+                    path: str) -> TrainState:
+  """`state` with its parameters and BatchNorm statistics from a trained model (fine-tuning: the
+  optimizer, step and EMA start anew)."""
+  variables = loading.load(config, path, adopt=False, what="config.init_from").variables
+  params, model_state = state_lib.split_variables(variables)
+  params = jax.device_put(params, setup.shardings.params)
+  model_state = jax.device_put(dict(model_state), setup.shardings.model_state)
+  _log.info("initialized from %s (fresh optimizer)", path)
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.shardings.opt_state)(params)
+  return _with_params(config, state, params, model_state=model_state, opt_state=opt_state)
+
+
+class _DeferredMetrics:
+  """Step metrics read one step late, so that the device computes the next step meanwhile: each step's
+  are checked for NaN/Inf (`check(step, metrics)`) once the next step is queued, and logged steps'
+  (`log(step, metrics) -> dict`, kept in `history`) once checked."""
+
+  def __init__(self, check: Callable, log: Callable):
+    self._check, self._log = check, log
+    self._unchecked, self._pending = [], []
+    self.history: list[dict[str, float]] = []
+
+  def add(self, step: int, metrics: Mapping[str, jax.Array], log: bool) -> None:
+    """Queues a step's metrics; checks and logs every earlier step's."""
+    self._unchecked.append((step, metrics))
+    self._check_first(len(self._unchecked) - 1)
+    self._log_pending()
+    if log:
+      self._pending.append((step, metrics))
+
+  def check_all(self) -> None:
+    """Checks every queued step (before a checkpoint: only a state known to be finite is saved)."""
+    self._check_first(len(self._unchecked))
+
+  def flush(self) -> None:
+    """Checks and logs everything queued."""
+    self.check_all()
+    self._log_pending()
+
+  def _check_first(self, n: int) -> None:
+    for step, metrics in self._unchecked[:n]:
+      self._check(step, metrics)
+    del self._unchecked[:n]
+
+  def _log_pending(self) -> None:
+    while self._pending:
+      self.history.append(self._log(*self._pending.pop()))
+
+
+class _AsideClock:
+  """Wall time of a loop, less the time spent in calls made through `aside` (evaluations, saves)."""
+
+  def __init__(self):
+    self._start, self._aside = time.perf_counter(), 0.0
+
+  def aside(self, fn: Callable, *args) -> Any:
+    start = time.perf_counter()
+    try:
+      return fn(*args)
+    finally:
+      self._aside += time.perf_counter() - start
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._start - self._aside
+
+
 class Trainer:
   """Sets up a training run; `run()` trains (resuming from `<workdir>/checkpoints` if present).
+
+  The Trainer holds its workdir (`workdir_lock`, which first checks that the directory can be
+  written and has `config.ckpt.min_free_mb` free) from construction until `close()`.
 
   Args:
     config: the experiment config.
@@ -360,161 +575,28 @@ class Trainer:
     self.workdir = os.fspath(workdir)
     self.is_primary = jax.process_index() == 0
     self._consecutive_skips = 0
-    # Disk problems fail here, not at the first checkpoint hours later.
-    self._min_free = int(config.ckpt.get("min_free_mb", 0) * 2**20)
-    ckpt_lib.check_workdir(self.workdir, self._min_free)
     # Before anything is written into it: a second launch on a held workdir stops here.
-    workdir_lock.acquire(self.workdir, config)
+    workdir_lock.acquire(self.workdir, config, min_free_bytes=int(config.ckpt.get("min_free_mb", 0) * 2**20))
     try:
-      self._setup(config, net, data_module, devices, wrap_update)
+      self._save_config()
+      self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_primary)
+      self.setup = setup_run(config, self.workdir, net=net, data_module=data_module, devices=devices,
+                             wrap_update=wrap_update)
+      self.state = restore_or_init(config, self.setup)
     except BaseException:
       workdir_lock.release(self.workdir)
       raise
-
-  def _setup(self, config, net, data_module, devices, wrap_update) -> None:
-    # ----------------------------------------------------------------------------------------
-    # Logging: the config as JSON, metric writers.
-    # ----------------------------------------------------------------------------------------
-    self._save_config()
-    self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_primary)
-
-    # ----------------------------------------------------------------------------------------
-    # Mesh: ("data", "fsdp") over the devices; batches split over both.
-    # ----------------------------------------------------------------------------------------
-    self.mesh = sharding_lib.make_mesh(config.mesh, devices)
-    self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-    self.replicated = sharding_lib.replicated(self.mesh)
-    self.batch_size = config.batch_size
-    sharding_lib.check_batch_size(self.batch_size, self.mesh, "batch_size")
-    sharding_lib.check_batch_size(config.evals.batch_size, self.mesh, "evals.batch_size")
-    _log.info("mesh %s over %d devices (%d processes)", dict(self.mesh.shape), self.mesh.size,
-              jax.process_count())
-
-    # ----------------------------------------------------------------------------------------
-    # Input: the training iterator; the first batch gives the input shapes.
-    # ----------------------------------------------------------------------------------------
-    self.data = data_module if data_module is not None else _default_data_module()
-    info = self.data.dataset_info(config)
-    self.total_steps, self.steps_per_epoch = run_length(config, info, train_split(config))
-    self.train_iter = self.data.build_iterator(
-        config, split=train_split(config), global_batch_size=self.batch_size,
-        sharding=self.batch_sharding, seed=config.seed, train=True, num_epochs=None)
-    start = self.train_iter.get_state()
-    first = next(self.train_iter)
-    self.train_iter.set_state(start)  # Rewind: the peeked batch is trained on in order.
-    self.batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in first.items()}
-    _log.info("input: %s, %d steps (%.2f epochs at %.1f steps/epoch)",
-              {k: (v.shape, str(v.dtype)) for k, v in self.batch_spec.items()}, self.total_steps,
-              self.total_steps / self.steps_per_epoch if self.steps_per_epoch else float("nan"),
-              self.steps_per_epoch)
-
-    # ----------------------------------------------------------------------------------------
-    # Model & optimizer.
-    # ----------------------------------------------------------------------------------------
-    self.net = net if net is not None else _default_net(config)
-    accum = config.optax.grad_accum_steps
-    total_updates = max(1, self.total_steps // max(1, accum))
-    self.schedule = optim.make_schedule(config, total_updates, self.steps_per_epoch / max(1, accum)
-                                  if math.isfinite(self.steps_per_epoch) else 0.0)
-    self.tx = optim.make_optimizer(config, self.schedule)
-
-    image = self.batch_spec["image"]  # Initialized with one example: shapes are all it needs.
-    init = make_init_fn(self.net, self.tx, config,
-                        jax.ShapeDtypeStruct((1, *image.shape[1:]), image.dtype))
-    rng_data = jax.random.key_data(jax.random.key(config.seed))
-    self.state_shapes = jax.eval_shape(init, rng_data)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state_shapes.params))
-    _log.info("model %s: %s parameters", type(self.net).__name__, f"{num_params:,}")
-    if self._min_free:  # Room for the checkpoint being written beside the newest one.
-      state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.state_shapes))
-      ckpt_lib.check_workdir(self.workdir, max(self._min_free, 2 * state_bytes))
-
-    # ----------------------------------------------------------------------------------------
-    # Shard & transfer: shardings of every state leaf from the rules; init on the mesh.
-    # ----------------------------------------------------------------------------------------
-    self.state_shardings = sharding_lib.infer_shardings(self.state_shapes, self.mesh,
-                                                        config.sharding_rules)
-    self.abstract_state = sharding_lib.abstract(self.state_shapes, self.state_shardings)
-    for line in sharding_lib.describe(self.state_shapes.params, self.state_shardings.params):
-      _log.debug("param %s", line)
-    self._init_jit = jax.jit(init, in_shardings=self.replicated, out_shardings=self.state_shardings)
-    self._rng_data = rng_data
-
-    # ----------------------------------------------------------------------------------------
-    # Update step: one jit, state donated, shardings fixed, traced once.
-    # ----------------------------------------------------------------------------------------
-    distilling = distill_lib.enabled(config)
-    teacher_shardings = None
-    if distilling:
-      # The teacher is an argument, not a constant folded into the program, and is laid out like
-      # the student's own variables.
-      teacher_shardings = {"params": self.state_shardings.params, **self.state_shardings.model_state}
-      teacher = loading.load(config, config.distill.teacher, adopt=False, what="config.distill.teacher")
-      self.teacher = jax.device_put(teacher.variables, teacher_shardings)
-      _log.info("distilling from %s (weight %g, temperature %g)", config.distill.teacher,
-                config.distill.weight, config.distill.temperature)
-    step = jit_update_step(self.net, self.tx, self.schedule, config, self.state_shardings,
-                           self.batch_sharding, self.replicated, teacher_shardings=teacher_shardings,
-                           wrap_update=wrap_update)
-    self.update_fn = (lambda state, batch: step(state, batch, self.teacher)) if distilling else step
-    self.eval_fn = jax.jit(make_eval_fn(self.net, config.evals.get("tta", "")),
-                           in_shardings=(self.state_shardings.params,
-                                         self.state_shardings.model_state, self.batch_sharding),
-                           out_shardings=self.replicated)
-
-    # ----------------------------------------------------------------------------------------
-    # Checkpoint: resume from the newest readable checkpoint in the workdir, else initialize.
-    # ----------------------------------------------------------------------------------------
-    c = config.ckpt
-    self.checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), max_to_keep=c.keep or None,
-        keep_period=c.keep_period or None, async_save=c.async_save)
-    self.state = None
-    if self.checkpointer.latest_step() is not None:
-      restored = self.checkpointer.restore(self.abstract_state)
-      self.state = restored.state
-      if restored.data_state is not None:
-        self.train_iter.set_state(restored.data_state)
-      _log.info("resumed from step %d of %s", restored.step, self.checkpointer.directory)
-    if self.state is None:
-      self.state = self._init_jit(self._rng_data)
-      if config.get("init_from"):
-        self.state = self._initialize_from(config.init_from)
-      elif config.get("init_whiten", 0):
-        self.state = self._whiten_stem(int(config.init_whiten))
     self.step = int(jax.device_get(self.state.step))
 
-  def _whiten_stem(self, count: int) -> TrainState:
-    """The fresh state with the stem's kernel from patch-whitening statistics of about `count` training
-    images (`whiten_kernel`); the training iterator is rewound, so the run sees the same batches."""
-    start = self.train_iter.get_state()
-    images = []
-    while sum(len(x) for x in images) < count:
-      images.append(np.asarray(jax.device_get(next(self.train_iter)["image"]), np.float32))
-    self.train_iter.set_state(start)
-    params = dict(self.state.params)
-    stem = dict(params["stem_conv"])
-    syn = dict(stem["syn"])
-    kernel = whiten_kernel(np.concatenate(images)[:count], tuple(syn["kernel"].shape))
-    syn["kernel"] = jax.device_put(jnp.asarray(kernel, syn["kernel"].dtype),
-                                   self.state_shardings.params["stem_conv"]["syn"]["kernel"])
-    stem["syn"] = syn
-    params["stem_conv"] = stem
-    _log.info("stem kernel initialized from the patch-whitening statistics of %d training images", count)
-    ema = jax.tree.map(jnp.copy, params) if self.config.optax.ema_decay else self.state.ema_params
-    return self.state.replace(params=params, ema_params=ema)
-
-  def _initialize_from(self, path: str) -> TrainState:
-    """The fresh state with its parameters and BatchNorm statistics from a trained model (fine-tuning:
-    the optimizer, step and EMA start anew)."""
-    variables = loading.load(self.config, path, adopt=False, what="config.init_from").variables
-    params, model_state = _split_variables(variables)
-    params = jax.device_put(params, self.state_shardings.params)
-    model_state = jax.device_put(dict(model_state), self.state_shardings.model_state)
-    ema = jax.tree.map(jnp.copy, params) if self.config.optax.ema_decay else self.state.ema_params
-    _log.info("initialized from %s (fresh optimizer)", path)
-    return self.state.replace(params=params, model_state=model_state, ema_params=ema,
-                              opt_state=jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params))
+  # The parts of the set-up the loop and callers use.
+  mesh = property(lambda self: self.setup.mesh)
+  net = property(lambda self: self.setup.state.net)
+  data = property(lambda self: self.setup.input.data)
+  teacher = property(lambda self: self.setup.teacher)
+  checkpointer = property(lambda self: self.setup.checkpointer)
+  train_iter = property(lambda self: self.setup.input.iterator)
+  total_steps = property(lambda self: self.setup.input.total_steps)
+  steps_per_epoch = property(lambda self: self.setup.input.steps_per_epoch)
 
   # ------------------------------------------------------------------------------------------
   def _save_config(self) -> None:
@@ -544,7 +626,7 @@ class Trainer:
   def evaluate(self, state: TrainState | None = None) -> dict[str, float]:
     """QANN top-1 (and loss) on `config.evals.split`, masked; with EMA weights too if enabled."""
     state = self.state if state is None else state
-    return evaluate_params(self.eval_fn, self.data, self.config, self.batch_sharding, state)
+    return evaluate_params(self.setup.eval_fn, self.data, self.config, self.setup.batch_sharding, state)
 
   # ------------------------------------------------------------------------------------------
   # Loop
@@ -560,76 +642,43 @@ class Trainer:
       after saving a checkpoint (run the same command again to resume).
     """
     config = self.config
-    log_every = max(1, config.log_every_steps)
-    ckpt_every = config.ckpt.every_steps
-    eval_every = config.evals.every_steps
-    progress = metrics_lib.Progress(self.total_steps, self.step, self.batch_size)
+    log_every, ckpt_every, eval_every = max(1, config.log_every_steps), config.ckpt.every_steps, config.evals.every_steps
+    progress = metrics_lib.Progress(self.total_steps, self.step, config.batch_size)
     watcher = ckpt_lib.PreemptionWatcher()
-    history, evals = [], []
-    status = "done"
-    pending = []  # The last logged step's metrics, fetched one step later to keep the device busy.
-    unchecked = []  # (step, metrics) not yet checked for NaN/Inf, also one step behind.
-
-    def log_pending():
-      while pending:
-        history.append(self._log_metrics(*pending.pop(), progress))
-
-    def flush():
-      check(len(unchecked))
-      log_pending()
-
-    def check(n):
-      for step, step_metrics in unchecked[:n]:
-        self._check_finite(step, step_metrics)
-      del unchecked[:n]
-
-    aside = 0.0  # Seconds spent evaluating and saving, which the training steps' time leaves out.
-
-    def timed(fn, *args):
-      nonlocal aside
-      start = time.perf_counter()
-      out = fn(*args)
-      aside += time.perf_counter() - start
-      return out
-
-    loop_start = time.perf_counter()
+    deferred = _DeferredMetrics(self._check_finite, lambda step, m: self._log_metrics(step, m, progress))
+    clock = _AsideClock()
+    evals, status = [], "done"
     try:
       with jax.set_mesh(self.mesh):
         while self.step < self.total_steps:
-          batch = next(self.train_iter)
-          self.state, step_metrics = self.update_fn(self.state, batch)
+          self.state, step_metrics = self.setup.update_fn(self.state, next(self.train_iter))
           self.step += 1
-          unchecked.append((self.step, step_metrics))
-          check(len(unchecked) - 1)
-          log_pending()  # Earlier steps only, all checked by now.
-          if self.step % log_every == 0 or self.step == self.total_steps:
-            pending.append((self.step, step_metrics))
+          deferred.add(self.step, step_metrics, log=self.step % log_every == 0 or self.step == self.total_steps)
           if eval_every and self.step % eval_every == 0 and self.step != self.total_steps:
-            flush()
-            evals.append(timed(self._log_eval, progress))
+            deferred.flush()
+            evals.append(clock.aside(self._log_eval, progress))
           preempted = watcher.reached(self.step)
           if preempted or self.step == self.total_steps or (ckpt_every and self.step % ckpt_every == 0):
-            check(len(unchecked))  # A checkpoint only of a state known to be finite.
-            timed(self.checkpointer.save, self.step, self.state, self.train_iter.get_state())
+            deferred.check_all()
+            clock.aside(self.checkpointer.save, self.step, self.state, self.train_iter.get_state())
           if callback is not None:
             callback(self.step, self)
           if preempted:
-            flush()
             status = "preempted"
             progress.message(f"stopped at step {self.step} on a preemption notice; checkpoint "
                              "saved. Run the same command again to resume.")
             break
-        flush()
+        deferred.flush()
         jax.block_until_ready(self.state)
-        train_seconds = time.perf_counter() - loop_start - aside
+        train_seconds = clock.seconds()
         if status == "done":
-          evals.append(timed(self._log_eval, progress))
+          evals.append(clock.aside(self._log_eval, progress))
     finally:
       watcher.close()
       self.checkpointer.wait()
       self.writer.flush()
-    return TrainResult(status=status, step=self.step, state=self.state, history=history, evals=evals,
-                       train_seconds=train_seconds,
+    return TrainResult(status=status, step=self.step, state=self.state, history=deferred.history,
+                       evals=evals, train_seconds=train_seconds,
                        eval_images=int(sum(e.get("num_examples", 0) * (2 if "top1_ema" in e else 1)
                                            for e in evals)))
 
@@ -724,17 +773,13 @@ def evaluate_params(eval_fn: Callable, data_module, config: ml_collections.Confi
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
   """Builds a `Trainer` and runs it to the end (or to a preemption notice).
 
-  Writes `<workdir>/result.json`: status, step, wall time (`seconds`: of the whole run, over the
-  invocations a preempted run was resumed in; `seconds_this_invocation`), the time in training steps
-  (`train_seconds`, evaluations and checkpoint saves left out) and the images evaluated during
-  training (`eval_images`), both over the whole run (`cost.training_cost` reads them), and the last
-  logged training metrics and evaluation (`train_loss`, `eval_top1`, ...), which sweeps collect.
+  Writes `<workdir>/result.json` (while the Trainer still holds the workdir): status, step, wall time
+  (`seconds`: of the whole run, over the invocations a preempted run was resumed in;
+  `seconds_this_invocation`), the time in training steps (`train_seconds`, evaluations and
+  checkpoint saves left out) and the images evaluated during training (`eval_images`), both over the
+  whole run (`cost.training_cost` reads them), and the last logged training metrics and evaluation
+  (`train_loss`, `eval_top1`, ...), which sweeps collect.
   """
-  with workdir_lock.hold(workdir, config):  # Also while result.json is written.
-    return _train_and_report(config, workdir, **kwargs)
-
-
-def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> TrainResult:
   path = os.path.join(workdir, "result.json")
   # Totals of the invocations this one resumes, so that the run's totals cover all of them.
   earlier = dict(seconds=0.0, train_seconds=0.0, eval_images=0)
@@ -749,19 +794,22 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: str, **kwargs)
   start = time.time()
   try:
     result = trainer.run()
+    if jax.process_index() == 0:
+      _write_result(path, result, earlier, time.time() - start)
   finally:
     trainer.close()
-  if jax.process_index() == 0:
-    elapsed = time.time() - start
-    summary = {"status": result.status, "step": result.step, "seconds": earlier["seconds"] + elapsed,
-               "seconds_this_invocation": elapsed,
-               "train_seconds": earlier["train_seconds"] + result.train_seconds,
-               "eval_images": earlier["eval_images"] + result.eval_images,
-               **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
-                  if result.history else {}),
-               **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
-                  if result.evals else {})}
-    with open(path + ".tmp", "w") as f:  # Replaced whole: a kill never leaves half a file.
-      json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
   return result
+
+
+def _write_result(path: str, result: TrainResult, earlier: Mapping[str, Any], elapsed: float) -> None:
+  summary = {"status": result.status, "step": result.step, "seconds": earlier["seconds"] + elapsed,
+             "seconds_this_invocation": elapsed,
+             "train_seconds": earlier["train_seconds"] + result.train_seconds,
+             "eval_images": earlier["eval_images"] + result.eval_images,
+             **({f"train_{k}": v for k, v in result.history[-1].items() if k != "step"}
+                if result.history else {}),
+             **({f"eval_{k}": v for k, v in result.evals[-1].items() if k != "step"}
+                if result.evals else {})}
+  with open(path + ".tmp", "w") as f:  # Replaced whole: a kill never leaves half a file.
+    json.dump(summary, f, indent=2)
+  os.replace(path + ".tmp", path)
