@@ -309,7 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   misfit = (checkpoint.CheckpointMismatchError, export.ExportError)
   try:
     if _writes_workdir(args):
-      checkpoint.check_workdir(args.workdir)  # An uncreatable workdir is named, not a lock traceback.
       with workdir_lock.hold(args.workdir, config, force=args.force_unlock):
         return MODES[args.mode](config, args.workdir, args)
     return MODES[args.mode](config, args.workdir, args)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -75,6 +76,80 @@ def check(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict
     raise ValueError(f"config.workdir_lock.stale_after_s={stale!r} must exceed heartbeat_s={heartbeat!r}, "
                      "or a live run's lock would look stale between two heartbeats.")
   return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir checks
+# ---------------------------------------------------------------------------------------------
+class WorkdirError(OSError):
+  """A directory a run must write to that cannot be created, written, or is short of space."""
+
+
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def check_workdir(path: str | os.PathLike, min_free_bytes: int = 0, what: str = "workdir") -> None:
+  """Fails early when `path` cannot be created, cannot be written, or has too little free space.
+
+  Args:
+    path: a directory a run writes to (created if missing). Remote paths (`gs://...`) are only
+      created; their space and permissions are the storage service's business.
+    min_free_bytes: the least free space (bytes) the filesystem must have.
+    what: how the error names the directory (e.g. "workdir").
+
+  Raises:
+    WorkdirError: saying which of the three failed, with the path and what to do.
+  """
+  path = os.fspath(path)
+  if not _is_local(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(e.errno or errno.EIO,
+                       f"{what} {path!r} cannot be created ({e.strerror or e}); choose a "
+                       "directory you can write to (--workdir).") from e
+  if not os.path.isdir(path):
+    raise WorkdirError(errno.ENOTDIR, f"{what} {path!r} exists but is not a directory.")
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(errno.EACCES, f"{what} {path!r} is not writable (permissions or a "
+                       "read-only filesystem); fix its permissions or choose another --workdir.")
+  probe = os.path.join(path, f".write-probe-{os.getpid()}")
+  try:
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise WorkdirError(e.errno or errno.EIO,
+                       f"{what} {path!r} is not writable ({e.strerror or e}); fix its permissions, "
+                       "free space, or choose another --workdir.") from e
+  finally:
+    try:
+      os.remove(probe)
+    except OSError:
+      pass
+  require_free_space(path, min_free_bytes, what)
+
+
+def require_free_space(path: str | os.PathLike, min_free_bytes: int, what: str = "workdir") -> None:
+  """Fails when the filesystem of the local directory `path` has less than `min_free_bytes` free.
+
+  Raises:
+    WorkdirError: (ENOSPC) with the free and the needed space, and what to do.
+  """
+  path = os.fspath(path)
+  if min_free_bytes <= 0 or not _is_local(path):
+    return
+  st = os.statvfs(path)
+  free = st.f_bavail * st.f_frsize
+  if free < min_free_bytes:
+    raise WorkdirError(errno.ENOSPC,
+                       f"{what} {path!r} has {free / 2**20:.1f} MiB free, less than the "
+                       f"{min_free_bytes / 2**20:.1f} MiB this run needs for its checkpoints; free "
+                       "space, choose another --workdir, or lower config.ckpt.min_free_mb.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,15 +378,18 @@ def _agree(refused: str | None) -> None:
 
 
 def acquire(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
-            force: bool = False) -> None:
-  """Holds `workdir` for this run (nested calls in one process share one lock).
+            force: bool = False, min_free_bytes: int = 0) -> None:
+  """Checks `workdir` (`check_workdir`) and holds it for this run; nested calls in one process share
+  one lock, and only the first checks.
 
   Args:
     workdir: the run's directory.
     config: the experiment config, for `config.workdir_lock` (defaults if None).
     force: take the lock over from a holder that looks alive.
+    min_free_bytes: the free space the check requires.
 
   Raises:
+    WorkdirError: when the directory cannot be created or written, or lacks the space.
     WorkdirInUseError: on every process of the run, when another live run holds the workdir.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -320,6 +398,8 @@ def acquire(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None
     if key in _HELD:
       _HELD[key][1] += 1
       return
+  # An uncreatable or full workdir is named here, not by a failure to write the lock file.
+  check_workdir(workdir, min_free_bytes)
   settings = check(config)
   lock, refused = None, None
   if jax.process_index() == 0:
