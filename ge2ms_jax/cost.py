@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from typing import Any, Mapping
@@ -22,6 +23,15 @@ from typing import Any, Mapping
 # units per core (server cores since Haswell / Skylake-SP; a one-unit core has half): a 512-bit FMA
 # is 16 lanes x 2 FLOPs, a 256-bit one 8 x 2, SSE's 128-bit multiply and add 4 + 4 per unit.
 FLOPS_PER_CYCLE = (("avx512f", 64), ("fma", 32), ("sse2", 16))
+
+
+def read_result(workdir: str) -> dict[str, Any] | None:
+  """The run's `result.json` (written when training finished or was preempted), or None."""
+  path = os.path.join(workdir, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _cpuinfo() -> dict[str, str]:

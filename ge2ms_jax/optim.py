@@ -5,7 +5,7 @@
 
 Config keys: `optax.*` (`name`, `lr`, `b1`, `b2`, `eps`, `wd`, `wd_exclude`, `momentum`, `nesterov`,
 `clip_norm`, `grad_accum_steps`) and `schedule.*` (`warmup_steps` / `warmup_epochs`, `decay_type`,
-`min_lr_ratio`); their defaults are in `train.base_config`.
+`min_lr_ratio`); their defaults are in `configs.common.base_config`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from ge2ms_jax import metrics as metrics_lib
 from ge2ms_jax import model as models
 from ge2ms_jax import neurons
 from ge2ms_jax import snn
-from ge2ms_jax import sweep
 
 _log = logging.getLogger(__name__)
 
@@ -219,7 +218,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, loaded: Any, *
                   or os.path.exists(training_png))
   trains = spike_trains(config.model, result.snn_variables, images[:1])
   raster_sites = plot_raster(trains, config.model, os.path.join(out_dir, "raster.png"))
-  run_result = sweep.read_result(workdir)
+  run_result = cost_lib.read_result(workdir)
   training = ({k: v for k, v in run_result.items() if k in ("status", "step", "seconds")}
               if run_result else None)
   macs = models.count(config.model)["macs"]

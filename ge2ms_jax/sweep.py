@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from ge2ms_jax import config_utils
+from ge2ms_jax import cost
 
 _log = logging.getLogger(__name__)
 
@@ -178,13 +179,8 @@ def build_configs(config_spec: str, runs: Sequence[Mapping[str, Any]],
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
-def read_result(run_dir: str) -> dict[str, Any] | None:
-  """The run's `result.json` (written when training finished or was preempted), or None."""
-  path = os.path.join(run_dir, "result.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+# A run's result.json (written by train.train_and_evaluate), or None.
+read_result = cost.read_result
 
 
 def _cell(value: Any) -> str:
