@@ -99,42 +99,15 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
   start = time.time()
   model_cfg = config.model
   snn_variables = conversion.convert(variables, model_cfg)
-  net = models.build(model_cfg, "qann")
-  qann_fn = jax.jit(lambda v, x: net.apply(v, x, train=False))
   evals = config.get("evals", ml_collections.ConfigDict())
   split = split or evals.get("split", None) or config.data.get("eval_split", "test")
-  batch_size = int(batch_size or evals.get("batch_size", 256))
   tta = evals.get("tta", "")
   num_views = len(tta_views(jnp.zeros((1, 1, 1, 1)), tta))  # checks the mode before any work
-  it = data_module.build_iterator(config, split=split, global_batch_size=batch_size, sharding=None,
-                                  seed=int(config.get("seed", 0)), train=False, num_epochs=1,
+  it = data_module.build_iterator(config, split=split, global_batch_size=int(batch_size or evals.get("batch_size", 256)),
+                                  sharding=None, seed=int(config.get("seed", 0)), train=False, num_epochs=1,
                                   eval_data=eval_data)
-  counts = dict(n=0, qann=0, snn=0, agree=0)
-  sims = []
   try:
-    for batch in it:
-      mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]))))
-      real = int(mask.sum())
-      if max_examples is not None:
-        real = min(real, max_examples - counts["n"])
-      if real <= 0:
-        break
-      # Padding sits at the end of the last batch; dropping it keeps it out of the spike counts.
-      images = jnp.asarray(np.asarray(batch["image"])[:real])
-      labels = np.asarray(batch["label"])[:real]
-      # Test-time augmentation runs both networks on every view; the SNN's operations of all views
-      # are counted (per image), as are the ANN's MACs below.
-      views = tta_views(images, tta)
-      lq = np.mean([np.asarray(qann_fn(variables, v)) for v in views], axis=0)
-      view_sims = [snn.simulate(snn_variables, v, mode, config=model_cfg) for v in views]
-      ls = np.mean([np.asarray(s.logits) for s in view_sims], axis=0)
-      sims.extend(view_sims)
-      counts["n"] += real
-      counts["qann"] += int(np.sum(lq.argmax(-1) == labels))
-      counts["snn"] += int(np.sum(ls.argmax(-1) == labels))
-      counts["agree"] += int(np.sum(lq.argmax(-1) == ls.argmax(-1)))
-      if max_examples is not None and counts["n"] >= max_examples:
-        break
+    counts, sims = _score(it, variables, snn_variables, model_cfg, tta, mode, max_examples)
   finally:
     close = getattr(it, "close", None)
     if close is not None:
@@ -160,6 +133,45 @@ def evaluate_snn(config: ml_collections.ConfigDict, variables: Mapping[str, Any]
       "seconds": time.time() - start,
   }
   return SnnEvaluation(metrics=metrics, energy=report, snn_variables=snn_variables)
+
+
+def _score(batches, variables: Mapping[str, Any], snn_variables: Mapping[str, Any],
+           model_cfg: ml_collections.ConfigDict, tta: str, mode: str, max_examples: int | None
+           ) -> tuple[dict[str, int], list]:
+  """Runs the QANN and the SNN on every view of each batch's real images (at most `max_examples`).
+
+  Returns:
+    counts `{"n", "qann", "snn", "agree"}` (images, correct of each network, same predictions), and
+    the SNN's simulations, one per batch and view.
+  """
+  net = models.build(model_cfg, "qann")
+  qann_fn = jax.jit(lambda v, x: net.apply(v, x, train=False))
+  counts = dict(n=0, qann=0, snn=0, agree=0)
+  sims = []
+  for batch in batches:
+    mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]))))
+    real = int(mask.sum())
+    if max_examples is not None:
+      real = min(real, max_examples - counts["n"])
+    if real <= 0:
+      break
+    # Padding sits at the end of the last batch; dropping it keeps it out of the spike counts.
+    images = jnp.asarray(np.asarray(batch["image"])[:real])
+    labels = np.asarray(batch["label"])[:real]
+    # Test-time augmentation runs both networks on every view; the SNN's operations of all views
+    # are counted (per image), as are the ANN's MACs.
+    views = tta_views(images, tta)
+    lq = np.mean([np.asarray(qann_fn(variables, v)) for v in views], axis=0)
+    view_sims = [snn.simulate(snn_variables, v, mode, config=model_cfg) for v in views]
+    ls = np.mean([np.asarray(s.logits) for s in view_sims], axis=0)
+    sims.extend(view_sims)
+    counts["n"] += real
+    counts["qann"] += int(np.sum(lq.argmax(-1) == labels))
+    counts["snn"] += int(np.sum(ls.argmax(-1) == labels))
+    counts["agree"] += int(np.sum(lq.argmax(-1) == ls.argmax(-1)))
+    if max_examples is not None and counts["n"] >= max_examples:
+      break
+  return counts, sims
 
 
 def summary_line(metrics: Mapping[str, Any]) -> str:

@@ -80,6 +80,7 @@ def test_snn_benchmark_quick(tmp_path):
   assert set(row["ms_per_image"]) == {"qann", "fused", "fused_stats", "spike"}
 
 
+@pytest.mark.slow  # A two-run sweep, its benchmark and a shipped candidate's report: about a minute.
 def test_sparsity_benchmark_quick(tmp_path):
   # The quick sweep: two 3-step fine-tunings of the shipped model on the embedded subset.
   from ge2ms_jax import sweep  # pylint: disable=import-outside-toplevel

@@ -114,7 +114,8 @@ def _stbp_site_rates(kind, decay_input):
                      for p, s in jax.tree_util.tree_leaves_with_path(state["intermediates"])}
 
 
-@pytest.mark.parametrize("kind", ["if", "lif"])
+# IF in the slow run: LIF, the baseline the benchmarks train, shares every code path but the leak.
+@pytest.mark.parametrize("kind", [pytest.param("if", marks=pytest.mark.slow), "lif"])
 def test_stbp_spikes_reach_the_head_and_gradients_every_layer(kind):
   net, v, x, rates = _stbp_site_rates(kind, decay_input=False)
   assert len(rates) == 22

@@ -118,6 +118,9 @@ def _launch(workdir, *extra):
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
+# Three command-line runs and two exports in fresh processes, about a minute; the refusal and the
+# holder's message are checked in-process above.
+@pytest.mark.slow
 def test_a_second_launch_is_refused_and_the_first_ends_as_if_alone(tmp_path):
   shared, alone = tmp_path / "shared", tmp_path / "alone"
   first, reference = _launch(shared), _launch(alone)

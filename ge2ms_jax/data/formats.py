@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 import tarfile
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -243,6 +243,97 @@ def _is_image(name: str) -> bool:
   return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
+class _Listing:
+  """An archive's or folder's listing as a tree: each folder's subfolders and its direct image count."""
+
+  def __init__(self, reader: FolderReader):
+    files, dirs = reader.listing()
+    self.images = [f for f in files if _is_image(f)]
+    self.children: dict[str, set[str]] = {}
+    for d in dirs:
+      self.children.setdefault(d.rsplit("/", 1)[0] if "/" in d else "", set()).add(d)
+    self.direct_images: dict[str, int] = {}
+    for f in self.images:
+      parent = f.rsplit("/", 1)[0] if "/" in f else ""
+      self.direct_images[parent] = self.direct_images.get(parent, 0) + 1
+
+  @staticmethod
+  def name(d: str) -> str:
+    return d.rsplit("/", 1)[-1]
+
+  def visible(self, d: str) -> list[str]:
+    """The subfolders of `d`, hidden ones (`.x`, `__x`) left out."""
+    return sorted(c for c in self.children.get(d, ()) if not self.name(c).startswith((".", "__")))
+
+
+def _split_folders(reader: FolderReader, tree: _Listing) -> dict[str, str]:
+  """{split: folder}: below single wrapping folders, split folders, or class folders ("train")."""
+  root = ""
+  while (len(tree.visible(root)) == 1 and not tree.direct_images.get(root)
+         and tree.name(tree.visible(root)[0]).lower() not in SPLIT_FOLDERS
+         and not tree.direct_images.get(tree.visible(root)[0])):
+    root = tree.visible(root)[0]
+  top = tree.visible(root)
+  if not top:
+    raise ValueError(f"{reader.path} holds no class folders; expected <class>/<image> or "
+                     "<split>/<class>/<image>.")
+  if not any(tree.name(d).lower() in SPLIT_FOLDERS for d in top):
+    return {"train": root}
+  others = [tree.name(d) for d in top if tree.name(d).lower() not in SPLIT_FOLDERS]
+  if others:
+    raise ValueError(f"{reader.describe(root or '.')} mixes split folders with other folders "
+                     f"{others}; split folders are {sorted(SPLIT_FOLDERS)}.")
+  split_dirs = {SPLIT_FOLDERS[tree.name(d).lower()]: d for d in top}
+  if len(split_dirs) != len(top):
+    raise ValueError(f"{reader.describe(root or '.')}: two folders name the same split: "
+                     f"{[tree.name(d) for d in top]}.")
+  return split_dirs
+
+
+def _class_files(reader: FolderReader, tree: _Listing, split_dirs: Mapping[str, str]
+                 ) -> dict[str, dict[str, list[str]]]:
+  """{split: {class folder name: its image files, sorted}}; every image must be in a class folder."""
+  per_split: dict[str, dict[str, list[str]]] = {}
+  for split, sdir in split_dirs.items():
+    loose = tree.direct_images.get(sdir, 0)
+    if loose:
+      raise ValueError(f"{reader.describe(sdir or '.')} holds {loose} images outside class "
+                       "folders; every image must be in a <class>/ folder.")
+    classes = tree.visible(sdir)
+    if not classes:
+      raise ValueError(f"split folder {reader.describe(sdir)} holds no class folders.")
+    per_split[split] = {}
+    for cdir in classes:
+      prefix = cdir + "/"
+      found = sorted(f for f in tree.images if f.startswith(prefix))
+      if not found:
+        raise ValueError(f"class folder {reader.describe(cdir)} is empty (no image files with "
+                         f"extensions {', '.join(IMAGE_EXTENSIONS)}).")
+      per_split[split][tree.name(cdir)] = found
+  return per_split
+
+
+def _class_names(reader: FolderReader, per_split: Mapping[str, Mapping[str, list[str]]],
+                 class_names: Sequence[str] | None) -> tuple[str, ...]:
+  """The classes in label order: `class_names`, else the training split's folders, sorted."""
+  if class_names is not None:
+    classes = tuple(class_names)
+    for split, by_class in per_split.items():
+      unknown = sorted(set(by_class) - set(classes))
+      if unknown:
+        raise ValueError(f"{reader.path}: class folders {unknown} (split {split!r}) are not "
+                         f"classes of this dataset; expected folder names from {list(classes)}.")
+    return classes
+  base = per_split.get("train") or next(iter(per_split.values()))
+  classes = tuple(sorted(base))
+  for split, by_class in per_split.items():
+    unknown = sorted(set(by_class) - set(classes))
+    if unknown:
+      raise ValueError(f"{reader.path}: split {split!r} has class folders {unknown} that the "
+                       f"training split lacks ({list(classes)}).")
+  return classes
+
+
 def scan_folder(reader: FolderReader, num_classes: int | None = None,
                 class_names: Sequence[str] | None = None) -> FolderLayout:
   """Works out an ImageFolder's splits and classes.
@@ -260,77 +351,9 @@ def scan_folder(reader: FolderReader, num_classes: int | None = None,
     ValueError: naming the folder that is empty, the class folder that is not expected, or the
       wrong number of classes.
   """
-  files, dirs = reader.listing()
-  images = [f for f in files if _is_image(f)]
-  children: dict[str, set[str]] = {}
-  for d in dirs:
-    parent = d.rsplit("/", 1)[0] if "/" in d else ""
-    children.setdefault(parent, set()).add(d)
-  direct_images = {}
-  for f in images:
-    parent = f.rsplit("/", 1)[0] if "/" in f else ""
-    direct_images[parent] = direct_images.get(parent, 0) + 1
-
-  def name(d):
-    return d.rsplit("/", 1)[-1]
-
-  def visible(d):
-    return sorted(c for c in children.get(d, ()) if not name(c).startswith((".", "__")))
-
-  root = ""
-  while (len(visible(root)) == 1 and not direct_images.get(root)
-         and name(visible(root)[0]).lower() not in SPLIT_FOLDERS
-         and not direct_images.get(visible(root)[0])):
-    root = visible(root)[0]
-  top = visible(root)
-  if not top:
-    raise ValueError(f"{reader.path} holds no class folders; expected <class>/<image> or "
-                     "<split>/<class>/<image>.")
-  if any(name(d).lower() in SPLIT_FOLDERS for d in top):
-    others = [name(d) for d in top if name(d).lower() not in SPLIT_FOLDERS]
-    if others:
-      raise ValueError(f"{reader.describe(root or '.')} mixes split folders with other folders "
-                       f"{others}; split folders are {sorted(SPLIT_FOLDERS)}.")
-    split_dirs = {SPLIT_FOLDERS[name(d).lower()]: d for d in top}
-    if len(split_dirs) != len(top):
-      raise ValueError(f"{reader.describe(root or '.')}: two folders name the same split: "
-                       f"{[name(d) for d in top]}.")
-  else:
-    split_dirs = {"train": root}
-
-  per_split: dict[str, dict[str, list[str]]] = {}
-  for split, sdir in split_dirs.items():
-    loose = direct_images.get(sdir, 0)
-    if loose:
-      raise ValueError(f"{reader.describe(sdir or '.')} holds {loose} images outside class "
-                       "folders; every image must be in a <class>/ folder.")
-    classes = visible(sdir)
-    if not classes:
-      raise ValueError(f"split folder {reader.describe(sdir)} holds no class folders.")
-    per_split[split] = {}
-    for cdir in classes:
-      prefix = cdir + "/"
-      found = sorted(f for f in images if f.startswith(prefix))
-      if not found:
-        raise ValueError(f"class folder {reader.describe(cdir)} is empty (no image files with "
-                         f"extensions {', '.join(IMAGE_EXTENSIONS)}).")
-      per_split[split][name(cdir)] = found
-
-  if class_names is not None:
-    classes = tuple(class_names)
-    for split, by_class in per_split.items():
-      unknown = sorted(set(by_class) - set(classes))
-      if unknown:
-        raise ValueError(f"{reader.path}: class folders {unknown} (split {split!r}) are not "
-                         f"classes of this dataset; expected folder names from {list(classes)}.")
-  else:
-    base = per_split.get("train") or next(iter(per_split.values()))
-    classes = tuple(sorted(base))
-    for split, by_class in per_split.items():
-      unknown = sorted(set(by_class) - set(classes))
-      if unknown:
-        raise ValueError(f"{reader.path}: split {split!r} has class folders {unknown} that the "
-                         f"training split lacks ({list(classes)}).")
+  tree = _Listing(reader)
+  per_split = _class_files(reader, tree, _split_folders(reader, tree))
+  classes = _class_names(reader, per_split, class_names)
   if num_classes is not None and len(classes) != num_classes:
     raise ValueError(f"{reader.path} has {len(classes)} class folders ({list(classes)[:5]}...), "
                      f"the dataset expects {num_classes}.")
