@@ -54,6 +54,21 @@ def test_fast_recipe_config():
     config_utils.load_config("experiments/cifar10.py:fast,variant=tiny", {})
 
 
+def test_fast_sparse_config_fine_tunes_the_shipped_fast_model():
+  dense = config_utils.load_config("experiments/cifar10.py:fast", {})
+  sparse = config_utils.load_config("experiments/cifar10.py:fast,sparse,target=0.25,lr=0.02", {})
+  assert sparse.init_from == "checkpoints/cifar10_fast" and not sparse.init_whiten
+  assert (sparse.sparsity.weight, sparse.sparsity.target, sparse.optax.lr) == (10.0, 0.25, 0.02)
+  assert sparse.total_epochs == 2.0 and sparse.schedule.warmup_steps == 50
+  # The rest of the recipe, the network above all, is the dense model's.
+  assert sparse.model == dense.model and sparse.pp_train == dense.pp_train
+  assert (sparse.optax.name, sparse.optax.nesterov, sparse.batch_size) == ("sgd", True, 128)
+  with pytest.raises(config_utils.ConfigError, match="`target` and `lr`"):
+    config_utils.load_config("experiments/cifar10.py:fast,target=0.25", {})
+  with pytest.raises(config_utils.ConfigError, match="CIFAR-10 model"):
+    config_utils.load_config("experiments/cifar100.py:fast,sparse", {})
+
+
 def test_quick_fast_recipe_trains_and_converts_losslessly(tmp_path):
   config = _quick_config()
   trainer = train.Trainer(config, str(tmp_path), data_module=RGBData())
