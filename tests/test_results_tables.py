@@ -95,20 +95,20 @@ def test_unknown_table_names_the_known_ones():
 def test_a_new_model_is_one_entry(tmp_path, monkeypatch):
   report = json.loads((ROOT / "checkpoints" / "cifar10_tiny" / "report" / "report.json").read_text())
   report["metrics"].update(qann_top1=0.9412, snn_top1=0.9410, agreement=0.9996, ops_per_mac=0.5556)
-  path = tmp_path / "checkpoints" / "cifar10_fast" / "report" / "report.json"
+  path = tmp_path / "checkpoints" / "cifar10_new" / "report" / "report.json"
   path.parent.mkdir(parents=True)
   path.write_text(json.dumps(report))
   _copy_sources(tmp_path)
-  fast = results_tables.Model("cifar10_fast", "`fast`", "CIFAR-10: 45k train", "python -m ge2ms_jax.main --config X")
+  fast = results_tables.Model("cifar10_new", "`new`", "CIFAR-10: 45k train", "python -m ge2ms_jax.main --config X")
   monkeypatch.setattr(results_tables, "MODELS", results_tables.MODELS + (fast,))
 
   rows = results_tables.render("results", tmp_path).splitlines()
   assert len(rows) == 2 + len(results_tables.MODELS)
-  assert rows[-1].startswith("| `fast` | CIFAR-10: 45k train | `python -m ge2ms_jax.main --config X` | **94.12%** | "
+  assert rows[-1].startswith("| `new` | CIFAR-10: 45k train | `python -m ge2ms_jax.main --config X` | **94.12%** | "
                              "**94.10%** | 99.96% | 4 |")
   assert "| 0.556 |" in rows[-1]
   operations = results_tables.render("operations", tmp_path).splitlines()
-  assert operations[-1].startswith("| `cifar10_fast` (5,000 held-out images) |")
+  assert operations[-1].startswith("| `cifar10_new` (5,000 held-out images) |")
 
 
 def test_sparse_goal_as_the_reports_state_it():
