@@ -316,18 +316,14 @@ def _class_files(reader: FolderReader, tree: _Listing, split_dirs: Mapping[str, 
 def _class_names(reader: FolderReader, per_split: Mapping[str, Mapping[str, list[str]]],
                  class_names: Sequence[str] | None) -> tuple[str, ...]:
   """The classes in label order: `class_names`, else the training split's folders, sorted."""
-  if class_names is not None:
-    classes = tuple(class_names)
-    for split, by_class in per_split.items():
-      unknown = sorted(set(by_class) - set(classes))
-      if unknown:
-        raise ValueError(f"{reader.path}: class folders {unknown} (split {split!r}) are not "
-                         f"classes of this dataset; expected folder names from {list(classes)}.")
-    return classes
+  given = class_names is not None
   base = per_split.get("train") or next(iter(per_split.values()))
-  classes = tuple(sorted(base))
+  classes = tuple(class_names) if given else tuple(sorted(base))
   for split, by_class in per_split.items():
     unknown = sorted(set(by_class) - set(classes))
+    if unknown and given:
+      raise ValueError(f"{reader.path}: class folders {unknown} (split {split!r}) are not "
+                       f"classes of this dataset; expected folder names from {list(classes)}.")
     if unknown:
       raise ValueError(f"{reader.path}: split {split!r} has class folders {unknown} that the "
                        f"training split lacks ({list(classes)}).")
