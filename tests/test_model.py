@@ -9,6 +9,11 @@ import pytest
 from ge2ms_jax import model as M
 
 
+def _init(net, x, seed):
+  # Jitted: one compile of the whole init is faster than dispatching it op by op.
+  return jax.jit(lambda key: net.init({"params": key}, x))(jax.random.key(seed))
+
+
 def _images(cfg, batch=4, seed=0):
   return jax.random.uniform(jax.random.key(seed), (batch, cfg.image_size, cfg.image_size, cfg.in_channels))
 
@@ -44,7 +49,7 @@ def test_tiny_forward_backward_and_loss_decreases():
   net = M.build(cfg)
   x = _images(cfg, batch=8)
   y = jnp.arange(8) % 10
-  variables = net.init({"params": jax.random.key(1)}, x)
+  variables = _init(net, x, 1)
   params, stats = variables["params"], variables["batch_stats"]
   tx = optax.adam(3e-3)
   opt = tx.init(params)
@@ -79,12 +84,12 @@ def test_neuron_overrides_select_codes_per_site():
   assert codes.resolve("stem_n").groups == 8
   assert codes.resolve("stage1/block1/attn_q") == codes.default
   # Different codes with the same level count give the same QANN function.
-  net_a, net_b = M.build(M.default_config("tiny")), M.build(cfg)
+  net_a = M.build(M.default_config("tiny"))
   cfg_l = M.default_config("tiny")
   cfg_l.neuron_overrides = r".*=4,2"   # L = 16 everywhere, like the default (2, 4)
   x = _images(cfg)
-  v = net_a.init({"params": jax.random.key(0)}, x)
-  np.testing.assert_array_equal(net_a.apply(v, x), M.build(cfg_l).apply(v, x))
+  v = _init(net_a, x, 0)
+  np.testing.assert_array_equal(jax.jit(net_a.apply)(v, x), jax.jit(M.build(cfg_l).apply)(v, x))
 
 
 def test_stbp_variant_runs_through_time():
@@ -93,7 +98,7 @@ def test_stbp_variant_runs_through_time():
   net = M.build(cfg)
   assert net.mode == "stbp"
   x = _images(cfg, batch=2)
-  v = net.init({"params": jax.random.key(0)}, x)
+  v = _init(net, x, 0)
   assert "theta" not in str(jax.tree_util.tree_structure(v["params"]))
   loss = lambda p: net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,  # noqa: E731
                              mutable=["batch_stats"])[0]
@@ -107,9 +112,10 @@ def _stbp_site_rates(kind, decay_input):
   cfg.neuron_kind, cfg.time_steps, cfg.decay_input = kind, 4, decay_input
   net = M.build(cfg)
   x = jax.random.normal(jax.random.key(3), (8, 28, 28, 1))
-  v = net.init({"params": jax.random.key(0)}, x)
+  v = _init(net, x, 0)
   is_neuron = lambda mdl, name: type(mdl).__name__ == "Neuron" and name == "__call__"  # noqa: E731
-  _, state = net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=is_neuron)
+  _, state = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
+                                            capture_intermediates=is_neuron))(v, x)
   return net, v, x, {jax.tree_util.keystr(p): float(jnp.mean(s))
                      for p, s in jax.tree_util.tree_leaves_with_path(state["intermediates"])}
 
