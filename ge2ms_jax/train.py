@@ -78,6 +78,55 @@ class TrainResult:
   eval_images: int = 0              # Images the evaluations of this invocation ran forward passes on.
 
 
+def make_loss_fn(net, config: ml_collections.ConfigDict, ann_macs: float | None = None) -> Callable:
+  """The training loss `(params, model_state, batch, rng[, teacher]) -> (loss, (logits, model_state, extra))`.
+
+  Cross-entropy of `net` in training mode on `batch` (`"image"` f32 [B, H, W, C], `"target"`
+  f32 [B, K]) against the soft targets; with distillation (`config.distill.teacher`) mixed with the
+  KL term to `teacher`'s logits (its variables, run in eval mode); with spike-aware training
+  (`config.sparsity`, needs `ann_macs`, the network's MACs per image) plus the SOPs/MAC penalty.
+  `logits`: f32 [B, K]; `model_state`: the updated collections of `model_state` (the SOP
+  statistics are read and dropped); `extra`: `distill_loss`, `sop_per_mac`, `sparsity_loss` as
+  they apply (scalars).
+  """
+  spike_aware = sparsity_lib.enabled(config)
+  sparsity = sparsity_lib.check(config)
+  if spike_aware and not ann_macs:
+    raise ValueError("make_update_fn: spike-aware training (config.sparsity) needs ann_macs, the "
+                     "network's MACs per image (model.count(config.model)['macs']).")
+  distill = distill_lib.check(config)
+  distilling = bool(distill.teacher)
+
+  def loss_fn(params, model_state, batch, rng, teacher=None):
+    if distilling and teacher is None:
+      raise ValueError("update: config.distill.teacher is set, so the step needs the teacher's "
+                       "variables as its third argument.")
+    mutable = list(model_state) + (["stats"] if spike_aware else [])
+    variables = {"params": params, **model_state}
+    if mutable:
+      logits, new_model_state = net.apply(variables, batch["image"], train=True, mutable=mutable,
+                                          rngs={"dropout": rng})
+    else:
+      logits = net.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
+      new_model_state = {}
+    new_model_state = dict(new_model_state)
+    logits = logits.astype(jnp.float32)  # The loss in float32 also under bf16 compute.
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["target"]))
+    extra = {}
+    if distilling:
+      teacher_logits = net.apply(teacher, batch["image"], train=False).astype(jnp.float32)
+      extra["distill_loss"] = distill_lib.kl_term(logits, teacher_logits, distill.temperature)
+      loss = (1.0 - distill.weight) * loss + distill.weight * extra["distill_loss"]
+    if spike_aware:
+      sops = sparsity_lib.total_sops(new_model_state.pop("stats")) / logits.shape[0]
+      extra["sop_per_mac"] = sops / ann_macs
+      extra["sparsity_loss"] = sparsity_lib.penalty(extra["sop_per_mac"], sparsity.weight, sparsity.target)
+      loss = loss + extra["sparsity_loss"]
+    return loss, (logits, new_model_state, extra)
+
+  return loss_fn
+
+
 def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedule,
                    config: ml_collections.ConfigDict, ann_macs: float | None = None) -> Callable:
   """The pure update step `(state, batch[, teacher]) -> (state, metrics)`.
@@ -89,51 +138,17 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
   (`config.sparsity`, needs `ann_macs`: the network's MACs per image) also `sop_per_mac` (the
   converted network's synaptic operations per image over `ann_macs`, on this batch) and
   `sparsity_loss` (its term of `loss`); with distillation `distill_loss` (the KL term, before its
-  weight).
+  weight). The loss is `make_loss_fn`'s.
   """
   ema_decay = float(config.optax.ema_decay)
   accum = int(config.optax.grad_accum_steps)
   skip_non_finite = nan_policy(config) == "skip"
-  spike_aware = sparsity_lib.enabled(config)
-  sparsity = sparsity_lib.check(config)
-  if spike_aware and not ann_macs:
-    raise ValueError("make_update_fn: spike-aware training (config.sparsity) needs ann_macs, the "
-                     "network's MACs per image (model.count(config.model)['macs']).")
-  distill = distill_lib.check(config)
-  distilling = bool(distill.teacher)
+  loss_fn = make_loss_fn(net, config, ann_macs)
 
   def update(state: TrainState, batch: Mapping[str, jax.Array], teacher: Any = None):
-    if distilling and teacher is None:
-      raise ValueError("update: config.distill.teacher is set, so the step needs the teacher's "
-                       "variables as its third argument.")
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    mutable = list(state.model_state) + (["stats"] if spike_aware else [])
-
-    def loss_fn(params):
-      variables = {"params": params, **state.model_state}
-      if mutable:
-        logits, new_model_state = net.apply(variables, batch["image"], train=True, mutable=mutable,
-                                            rngs={"dropout": rng})
-      else:
-        logits = net.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
-        new_model_state = {}
-      new_model_state = dict(new_model_state)
-      logits = logits.astype(jnp.float32)  # The loss in float32 also under bf16 compute.
-      loss = jnp.mean(optax.softmax_cross_entropy(logits, batch["target"]))
-      extra = {}
-      if distilling:
-        teacher_logits = net.apply(teacher, batch["image"], train=False).astype(jnp.float32)
-        extra["distill_loss"] = distill_lib.kl_term(logits, teacher_logits, distill.temperature)
-        loss = (1.0 - distill.weight) * loss + distill.weight * extra["distill_loss"]
-      if spike_aware:
-        sops = sparsity_lib.total_sops(new_model_state.pop("stats")) / logits.shape[0]
-        extra["sop_per_mac"] = sops / ann_macs
-        extra["sparsity_loss"] = sparsity_lib.penalty(extra["sop_per_mac"], sparsity.weight, sparsity.target)
-        loss = loss + extra["sparsity_loss"]
-      return loss, (logits, new_model_state, extra)
-
     (loss, (logits, new_model_state, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params, state.model_state, batch, rng, teacher)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
