@@ -26,8 +26,9 @@ a GW-SSA stage on the 4x4 grid, residual branches that start at zero), a stem in
 patch-whitening statistics, Nesterov SGD at batch 128, a short warm-up and a linear decay
 to zero, label smoothing 0.2, flip-and-translate augmentation. Its 24 epochs reached 87.38% on the
 held-out images as the converted SNN (checkpoints/cifar10_fast; its goal is 92%, docs/training.md
-section 9b). `fast,sparse` fine-tunes that model with the spike-aware loss (`target`, `lr`, `epochs`;
-experiments/sweeps/cifar10_fast_sparsity.py chooses them):
+section 9b). `fast,sparse` fine-tunes that model with the spike-aware loss (`target`, `lr`, `epochs`, and `distill`,
+the weight of distillation from the dense model; experiments/sweeps/cifar10_fast_sparsity.py chooses
+them):
 
     python -m ge2ms_jax.main --config experiments/cifar10.py:fast --workdir runs/c10_fast \
         --config.data.source=cifar10-train-jpeg.tar.gz --mode all

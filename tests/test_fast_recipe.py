@@ -63,8 +63,12 @@ def test_fast_sparse_config_fine_tunes_the_shipped_fast_model():
   # The rest of the recipe, the network above all, is the dense model's.
   assert sparse.model == dense.model and sparse.pp_train == dense.pp_train
   assert (sparse.optax.name, sparse.optax.nesterov, sparse.batch_size) == ("sgd", True, 128)
-  with pytest.raises(config_utils.ConfigError, match="`target` and `lr`"):
-    config_utils.load_config("experiments/cifar10.py:fast,target=0.25", {})
+  assert not sparse.distill.teacher
+  distilled = config_utils.load_config("experiments/cifar10.py:fast,sparse,distill=0.5", {})
+  assert (distilled.distill.teacher, distilled.distill.weight) == ("checkpoints/cifar10_fast", 0.5)
+  for item in ("target=0.25", "distill=0.5"):
+    with pytest.raises(config_utils.ConfigError, match="`target`, `lr` and `distill`"):
+      config_utils.load_config(f"experiments/cifar10.py:fast,{item}", {})
   with pytest.raises(config_utils.ConfigError, match="CIFAR-10 model"):
     config_utils.load_config("experiments/cifar100.py:fast,sparse", {})
 

@@ -17,10 +17,11 @@ network performs at most 0.30 operations per ANN MAC on those images, measured b
 Config string: `quick` (3 steps per run: a check that the sweep runs, not a result).
 """
 
+from ge2ms_jax.configs import cifar
 from ge2ms_jax.configs import common
 
 CONFIG = "experiments/cifar10.py:fast,sparse"
-TEACHER = "checkpoints/cifar10_fast"
+TEACHER = cifar.FAST_MODEL
 # (target SOPs/MAC on training batches, peak learning rate, distillation weight).
 SETTINGS = ((0.27, 0.01, 0.0), (0.30, 0.01, 0.0), (0.30, 0.005, 0.0), (0.30, 0.01, 0.5))
 
