@@ -23,7 +23,7 @@ from ge2ms_jax.configs import common
 CONFIG = "experiments/cifar10.py:fast,sparse"
 TEACHER = cifar.FAST_MODEL
 # (target SOPs/MAC on training batches, peak learning rate, distillation weight).
-SETTINGS = ((0.27, 0.01, 0.0), (0.30, 0.01, 0.0), (0.30, 0.005, 0.0), (0.30, 0.01, 0.5))
+SETTINGS = ((0.27, 0.01, 0.0), (0.30, 0.01, 0.0), (0.30, 0.005, 0.0), (0.30, 0.01, 0.5), (0.30, 0.02, 0.0))
 
 
 def get_sweep(arg=None):
