@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ge2ms_jax import config_utils
 from ge2ms_jax import main
 from ge2ms_jax.data.sources import CIFAR10_CLASSES
 
@@ -164,3 +165,27 @@ def test_shipped_fast_cifar10_model_report_and_export():
   meta = json.loads((fast / "export.json").read_text())
   assert meta["step"] == report["step"] == 8438 and meta["model"]["variant"] == "fast"
   assert meta["notes"]["config"] == "experiments/cifar10.py:fast"
+
+
+def test_shipped_fast_sparse_model_is_within_its_operations_bound():
+  # checkpoints/cifar10_fast_sparse: checkpoints/cifar10_fast fine-tuned 2 epochs with the spike-aware
+  # loss, the setting experiments/sweeps/cifar10_fast_sparsity.py chose on the 5,000 held-out images
+  # (its validation split), then scored on them once, spike by spike. Its bounds: at most 0.30
+  # operations per ANN MAC (every operation counted), within 0.5 points of the dense model. It
+  # keeps the first (0.297) and misses the second (0.78 points below), a miss the README reports;
+  # this test fails if the operations bound is broken or the accuracy falls further.
+  sparse, dense = (REPO / "checkpoints" / name for name in ("cifar10_fast_sparse", "cifar10_fast"))
+  m, d = _report(sparse)["metrics"], _report(dense)["metrics"]
+  assert m["num_examples"] == d["num_examples"] == 5000 and m["eval_data"] == "validation"
+  assert m["snn_mode"] == "spike" and m["tta"] == "none" and m["agreement"] >= 0.999
+  ops = m["sops_per_image"] + m["encoding_macs_per_image"] + m["scalings_per_image"]
+  assert m["ops_per_mac"] == pytest.approx(ops / m["ann_macs_per_image"], rel=1e-12)
+  assert m["ops_per_mac"] <= 0.30 < d["ops_per_mac"]
+  assert m["ann_macs_per_image"] == d["ann_macs_per_image"]
+  assert d["snn_top1"] - m["snn_top1"] <= 0.01
+  # The export is the recipe the README shows: `fast,sparse` builds the config it was trained with.
+  meta = json.loads((sparse / "export.json").read_text())
+  assert meta["step"] == _report(sparse)["step"] == 704
+  shipped = config_utils.load_config(meta["notes"]["config"], {})
+  assert shipped.to_dict() == config_utils.load_config("experiments/cifar10.py:fast,sparse", {}).to_dict()
+  assert shipped.init_from == "checkpoints/cifar10_fast" and shipped.sparsity.target == 0.30
