@@ -78,6 +78,12 @@ class TrainResult:
   eval_images: int = 0              # Images the evaluations of this invocation ran forward passes on.
 
 
+def _require_teacher(distilling: bool, teacher: Any) -> None:
+  if distilling and teacher is None:
+    raise ValueError("update: config.distill.teacher is set, so the step needs the teacher's "
+                     "variables as its third argument.")
+
+
 def make_loss_fn(net, config: ml_collections.ConfigDict, ann_macs: float | None = None) -> Callable:
   """The training loss `(params, model_state, batch, rng[, teacher]) -> (loss, (logits, model_state, extra))`.
 
@@ -98,9 +104,7 @@ def make_loss_fn(net, config: ml_collections.ConfigDict, ann_macs: float | None 
   distilling = bool(distill.teacher)
 
   def loss_fn(params, model_state, batch, rng, teacher=None):
-    if distilling and teacher is None:
-      raise ValueError("update: config.distill.teacher is set, so the step needs the teacher's "
-                       "variables as its third argument.")
+    _require_teacher(distilling, teacher)
     mutable = list(model_state) + (["stats"] if spike_aware else [])
     variables = {"params": params, **model_state}
     if mutable:
@@ -144,8 +148,10 @@ def make_update_fn(net, tx: optax.GradientTransformation, schedule: optax.Schedu
   accum = int(config.optax.grad_accum_steps)
   skip_non_finite = nan_policy(config) == "skip"
   loss_fn = make_loss_fn(net, config, ann_macs)
+  distilling = bool(distill_lib.check(config).teacher)
 
   def update(state: TrainState, batch: Mapping[str, jax.Array], teacher: Any = None):
+    _require_teacher(distilling, teacher)  # before the state is read, so the message names the cause
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     (loss, (logits, new_model_state, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.model_state, batch, rng, teacher)
