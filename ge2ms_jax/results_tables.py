@@ -211,6 +211,22 @@ def _sparsity_table(root: Path, dataset: str) -> list[str]:
   return lines
 
 
+def cifar10_ablation_table(root: Path) -> list[str]:
+  """The fast recipe with each ingredient removed in turn (`benchmarks/results/cifar10_ablation.json`)."""
+  entry = _load(root, "benchmarks/results/cifar10_ablation.json")
+  lines = _header("run", "overrides", "held-out top-1", "vs whole recipe", "training", "wall time")
+  for r in entry["rows"]:
+    # A pipe inside a cell would end it, also within backticks.
+    overrides = ", ".join(f"`{k}={v}`".replace("|", "\\|") for k, v in r["overrides"].items()) or "none"
+    if r["status"] != "done":
+      lines.append(_row(f"`{r['name']}`", overrides, "not run", "", "", ""))
+      continue
+    points = "" if r["name"] == entry["rows"][0]["name"] else f"{r['points']:+.2f} points"
+    lines.append(_row(f"`{r['name']}`", overrides, _pct(r["top1"]), points,
+                      f"{r['train_pflops']:.3f} PFLOP, {r['steps']} steps", f"{r['seconds'] / 60:.1f} min"))
+  return lines
+
+
 # ---------------------------------------------------------------------------------------------------
 # Benchmarks
 # ---------------------------------------------------------------------------------------------------
@@ -409,6 +425,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "peers": peers_table,
     "peers-ratios": peers_ratios_table,
     "peers-curve": peers_curve_table,
+    "cifar10-ablation": cifar10_ablation_table,
 }
 
 

@@ -35,6 +35,8 @@ PLACEHOLDER = re.compile(r"<\w[\w ]*>|\.\.\.|/path/to/|\[[^\]]*\]|\b(?:DIR|PATH|
 
 # Commands shown that cannot run on this machine, with what they need.
 NOT_RUN_HERE = {
+    "python benchmarks/cifar10_ablation.py --sweep_workdir runs/c10_fast_ablation --epochs 2":
+        "the finished runs of the CIFAR-10 ablation sweep (the command above it)",
     "./scripts/test.sh": "the test suite itself (CI runs it)",
     "./scripts/test.sh -m slow": "the slow test suite itself, which includes this test",
     "python -m ge2ms_jax.main": "the command line named in a sentence, without arguments",

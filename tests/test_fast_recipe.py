@@ -2,6 +2,9 @@
 losslessly; its new pieces (dense stages, strides, BatchNorm without scale, patch whitening) leave every
 other variant as it was."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +16,8 @@ from ge2ms_jax import model as M
 from ge2ms_jax import snn
 from ge2ms_jax import train
 from test_train_support import ArrayData, make_arrays
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class RGBData(ArrayData):
@@ -135,3 +140,28 @@ def test_dense_site_graph_and_strides():
   cfg.strides = (3, 2, 2)
   with pytest.raises(ValueError, match="strides"):
     M.validate(cfg)
+
+
+def test_ablation_benchmark_reads_the_sweeps_runs_and_shows_missing_ones(tmp_path):
+  # Finished runs are folders with the run's config.json and result.json, named as the sweep names
+  # them; the rows follow the sweep's ABLATIONS, with a run not yet done listed as missing.
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import cifar10_ablation  # pylint: disable=g-import-not-at-top
+  from ge2ms_jax import sweep  # pylint: disable=g-import-not-at-top
+  runs, spec = sweep.load_sweep(str(ROOT / "experiments/sweeps/cifar10_fast_ablation.py") + ":epochs=2")
+  configs = sweep.build_configs(spec, runs)
+  for i, top1 in ((0, 0.646), (1, 0.6018), (6, 0.70)):
+    workdir = tmp_path / sweep.run_name(i, runs[i])
+    workdir.mkdir()
+    (workdir / "config.json").write_text(configs[i].to_json())
+    (workdir / "result.json").write_text(json.dumps({"step": 704, "seconds": 600.0, "eval_top1": top1}))
+  rows = cifar10_ablation.rows(str(tmp_path), 2.0)
+  assert [r["name"] for r in rows][:2] == ["full_recipe", "no_whitening"] and len(rows) == len(runs)
+  assert [r["status"] for r in rows] == ["done", "done"] + ["missing"] * (len(runs) - 3) + ["done"]
+  assert rows[1]["points"] == pytest.approx(-4.42) and rows[1]["overrides"] == {"init_whiten": "0"}
+  # The dense third stage has its own MACs, so its cost differs; the images seen are the same.
+  assert rows[0]["train_pflops"] == pytest.approx(6 * M.count(configs[0].model)["macs"] * 704 * 128 / 1e15)
+  assert rows[-1]["train_pflops"] != rows[0]["train_pflops"]
+  with pytest.raises(SystemExit, match="not --epochs 4"):
+    cifar10_ablation.rows(str(tmp_path), 4.0)

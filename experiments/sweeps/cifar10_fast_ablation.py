@@ -19,6 +19,9 @@ One more run is not an ingredient but the part the recipe must keep: `dense_not_
 GW-SSA stage by a third convolutional stage, to show what the attention stage costs in accuracy at
 this budget (the shipped recipe keeps it: it is what makes the network Ge²mS-T).
 
+`benchmarks/cifar10_ablation.py` turns the finished runs into `benchmarks/results/cifar10_ablation.json`,
+whose table is in docs/training.md (section 9b).
+
 Flip test-time augmentation (`config.evals.tta = "flip"`, counted in the SNN's operations) is
 measured by evaluating one model both ways, not by a run of its own.
 """
