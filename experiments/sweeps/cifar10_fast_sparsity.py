@@ -21,7 +21,6 @@ from ge2ms_jax.configs import cifar
 from ge2ms_jax.configs import common
 
 CONFIG = "experiments/cifar10.py:fast,sparse"
-TEACHER = cifar.FAST_MODEL
 # (target SOPs/MAC on training batches, peak learning rate, distillation weight).
 SETTINGS = ((0.27, 0.01, 0.0), (0.30, 0.01, 0.0), (0.30, 0.005, 0.0), (0.30, 0.01, 0.5), (0.30, 0.02, 0.0))
 
@@ -34,6 +33,6 @@ def get_sweep(arg=None):
   for target, lr, distill in SETTINGS:
     run = dict(base, **{"sparsity.target": target, "optax.lr": lr})
     if distill:
-      run.update({"distill.teacher": TEACHER, "distill.weight": distill})
+      run.update(cifar.fast_distill_overrides(distill))
     runs.append(run)
   return runs

@@ -119,8 +119,13 @@ def fast_sparse_overrides(epochs: float, target: float, lr: float, distill: floa
                "optax.lr": float(lr), "schedule.warmup_steps": 50, "schedule.warmup_epochs": 0.0,
                "sparsity.weight": 10.0, "sparsity.target": float(target), "sparsity.track": True}
   if distill:
-    overrides.update({"distill.teacher": FAST_MODEL, "distill.weight": float(distill)})
+    overrides.update(fast_distill_overrides(distill))
   return overrides
+
+
+def fast_distill_overrides(weight: float) -> dict:
+  """Distillation from `checkpoints/cifar10_fast` with `weight` on the KL term, as config overrides."""
+  return {"distill.teacher": FAST_MODEL, "distill.weight": float(weight)}
 
 
 def stbp_config(arg=None) -> ml_collections.ConfigDict:
