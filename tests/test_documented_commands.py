@@ -68,6 +68,9 @@ NOT_RUN_HERE = {
     "python -m ge2ms_jax.main --config experiments/cifar10.py:fast,sparse "
     "--config.data.source=cifar10-train-jpeg.tar.gz --workdir runs/c10_fast_sparse --mode all":
         "the CIFAR-10 training images as a JPEG archive",
+    "python -m ge2ms_jax.main --config experiments/cifar10.py:fast --mode evaluate --checkpoint checkpoints/cifar10_fast "
+    "--workdir runs/c10_fast_tta --config.evals.tta=flip --config.data.source=cifar10-train-jpeg.tar.gz":
+        "the CIFAR-10 training images as a JPEG archive (their held-out images)",
     "python -m ge2ms_jax.main --config experiments/cifar10.py:variant=s --workdir runs/c10 "
     "--config.data.source=cifar10-train-jpeg.tar.gz": "the CIFAR-10 training images as a JPEG archive",
     "GE2MS_DISTRIBUTED=auto python -m ge2ms_jax.main --config experiments/imagenet.py:fsdp=8 --workdir "

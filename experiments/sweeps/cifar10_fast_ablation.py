@@ -23,7 +23,7 @@ this budget (the shipped recipe keeps it: it is what makes the network Ge²mS-T)
 whose table is in docs/training.md (section 9b).
 
 Flip test-time augmentation (`config.evals.tta = "flip"`, counted in the SNN's operations) is
-measured by evaluating one model both ways, not by a run of its own.
+measured by evaluating the shipped model both ways, not by a run of its own (docs/training.md, 9b).
 """
 
 from ge2ms_jax.configs import common
