@@ -26,10 +26,10 @@ a GW-SSA stage on the 4x4 grid, residual branches that start at zero), a stem in
 patch-whitening statistics, Nesterov SGD at batch 128, a short warm-up and a linear decay
 to zero, label smoothing 0.2, flip-and-translate augmentation. Its 24 epochs reached 87.38% on the
 held-out images as the converted SNN (checkpoints/cifar10_fast; its goal is 92%, docs/training.md
-section 9b). `fast,sparse` fine-tunes that model with the spike-aware loss (`target`, default 0.30;
-`lr`, default 0.02; `epochs`, default 2; `distill`, the weight of distillation from the dense model,
+section 9b). `fast,sparse` fine-tunes that model with the spike-aware loss (`target`, default 0.29;
+`lr`, default 0.02; `epochs`, default 4; `distill`, the weight of distillation from the dense model,
 default none: the setting experiments/sweeps/cifar10_fast_sparsity.py chose), the recipe of
-checkpoints/cifar10_fast_sparse (86.60% at 0.297 operations per ANN MAC, docs/sparsity.md):
+checkpoints/cifar10_fast_sparse (87.48% at 0.289 operations per ANN MAC, docs/sparsity.md):
 
     python -m ge2ms_jax.main --config experiments/cifar10.py:fast --workdir runs/c10_fast \
         --config.data.source=cifar10-train-jpeg.tar.gz --mode all

@@ -64,7 +64,7 @@ def test_fast_sparse_config_fine_tunes_the_shipped_fast_model():
   sparse = config_utils.load_config("experiments/cifar10.py:fast,sparse,target=0.25,lr=0.02", {})
   assert sparse.init_from == "checkpoints/cifar10_fast" and not sparse.init_whiten
   assert (sparse.sparsity.weight, sparse.sparsity.target, sparse.optax.lr) == (10.0, 0.25, 0.02)
-  assert sparse.total_epochs == 2.0 and sparse.schedule.warmup_steps == 50
+  assert sparse.total_epochs == 4.0 and sparse.schedule.warmup_steps == 50
   # The rest of the recipe, the network above all, is the dense model's.
   assert sparse.model == dense.model and sparse.pp_train == dense.pp_train
   assert (sparse.optax.name, sparse.optax.nesterov, sparse.batch_size) == ("sgd", True, 128)
@@ -76,6 +76,21 @@ def test_fast_sparse_config_fine_tunes_the_shipped_fast_model():
       config_utils.load_config(f"experiments/cifar10.py:fast,{item}", {})
   with pytest.raises(config_utils.ConfigError, match="CIFAR-10 model"):
     config_utils.load_config("experiments/cifar100.py:fast,sparse", {})
+
+
+def test_fast_sparsity_sweep_keeps_its_runs_and_ends_at_the_shipped_setting():
+  # The sweep's first runs were made at 2 epochs; the recipe's default later became 4, and the sweep
+  # must still build those runs as they were made (its base says epochs=2), with the last run
+  # equal to what `fast,sparse` now builds (the shipped model's recipe).
+  from ge2ms_jax import sweep  # pylint: disable=g-import-not-at-top
+  runs, spec = sweep.load_sweep("experiments/sweeps/cifar10_fast_sparsity.py")
+  configs = sweep.build_configs(spec, runs)
+  assert [c.total_epochs for c in configs] == [2.0] * 5 + [4.0] * 2
+  assert [sweep.run_name(i, r) for i, r in enumerate(runs)][:5] == [
+      "000_target=0.27_lr=0.01", "001_target=0.3_lr=0.01", "002_target=0.3_lr=0.005",
+      "003_target=0.3_lr=0.01_teacher=checkpointscifar10_fast_weight=0.5", "004_target=0.3_lr=0.02"]
+  shipped = config_utils.load_config("experiments/cifar10.py:fast,sparse", {})
+  assert configs[-1].to_dict() == shipped.to_dict()
 
 
 def test_quick_fast_recipe_trains_and_converts_losslessly(tmp_path):

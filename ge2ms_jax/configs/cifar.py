@@ -14,7 +14,7 @@ from ge2ms_jax.configs import common
 def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
   """The CIFAR config for `dataset` ("cifar10" or "cifar100")."""
   arg = common.parse_arg(arg, variant="s", cpu=False, runlocal=False, sparse=False, fast=False,
-                         epochs=0.0, target=0.30, lr=0.02, distill=0.0)
+                         epochs=0.0, target=0.29, lr=0.02, distill=0.0)
   config = common.base_config()
   config.update(common.data_config(dataset))
 
@@ -27,7 +27,7 @@ def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
   elif arg.epochs:
     raise common.ConfigError(
         "config string item `epochs` goes with `fast` (experiments/cifar10.py:fast,epochs=4).")
-  if (arg.target, arg.lr, arg.distill) != (0.30, 0.02, 0.0) and not (arg.fast and arg.sparse):
+  if (arg.target, arg.lr, arg.distill) != (0.29, 0.02, 0.0) and not (arg.fast and arg.sparse):
     raise common.ConfigError("config string items `target`, `lr` and `distill` set the spike-aware "
                              "fine-tuning of `fast,sparse` (experiments/cifar10.py:fast,sparse,target=0.25).")
   config.model = common.model_config(arg.variant)
@@ -64,7 +64,7 @@ def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
     if dataset != "cifar10":
       raise common.ConfigError("config string items `fast,sparse` fine-tune checkpoints/cifar10_fast, "
                                f"a CIFAR-10 model; {dataset} has no such model.")
-    common.apply_overrides(config, fast_sparse_overrides(arg.epochs or 2.0, arg.target, arg.lr,
+    common.apply_overrides(config, fast_sparse_overrides(arg.epochs or 4.0, arg.target, arg.lr,
                                                          arg.distill))
   elif arg.sparse:
     if not (arg.cpu and arg.variant == "tiny" and dataset == "cifar10"):
@@ -107,11 +107,12 @@ def fast_sparse_overrides(epochs: float, target: float, lr: float, distill: floa
 
   The fast recipe's optimizer and augmentation from the dense model's weights, for `epochs` with a
   fresh optimizer at peak learning rate `lr` (linear decay to zero after 50 warm-up steps), with
-  `10 * max(0, SOPs/MAC - target)` in the loss. The defaults (target 0.30, lr 0.02, 2 epochs) are
+  `10 * max(0, SOPs/MAC - target)` in the loss. The defaults (target 0.29, lr 0.02, 4 epochs) are
   the setting experiments/sweeps/cifar10_fast_sparsity.py chose on the held-out images, the recipe
-  of `checkpoints/cifar10_fast_sparse`: the unaugmented held-out images fire a little less than the
-  augmented training batches (0.290 SOPs/MAC at target 0.30), which leaves room under the 0.30
-  bound for the encoding MACs (0.007 per MAC) and the attention's scalings that `ops_per_mac` adds.
+  of `checkpoints/cifar10_fast_sparse`. The target sits under the 0.30 bound on `ops_per_mac`
+  because that count adds the encoding MACs (0.007 per MAC) and the attention's scalings to the
+  SOPs the loss sees, and the held-out images' SOPs/MAC land within a few thousandths of the
+  target (0.282 at target 0.29 after 4 epochs; at target 0.30 they reached 0.293 and ops/MAC 0.3004).
   With `distill` > 0 the dense model is also the teacher, with that weight on the KL term
   (`ge2ms_jax/distill.py`, temperature 2).
   """
