@@ -8,10 +8,11 @@ schedule ends at that budget, not a checkpoint along a longer one). Its point is
 (`ge2ms_jax/cost.py`). `cifar10_tiny` comes from its shipped report, and the airbench records are
 their published numbers (an ANN on a GPU, not measured here).
 
-    python benchmarks/cifar10_curve.py --run runs/c10_fast_e4 runs/c10_fast_e8 runs/c10_fast
+    python benchmarks/cifar10_curve.py --run runs/c10_fast_e2 runs/c10_fast_e4 runs/c10_fast_e8 runs/c10_fast
     python benchmarks/cifar10_curve.py --quick    # the shipped model and the published points only
 
-Writes `benchmarks/results/cifar10_curve.json` and `cifar10_curve.png`.
+Writes `benchmarks/results/cifar10_curve.json` (with `fit`: the power law `error = a x PFLOP^b`
+through the fast runs and the budget at which it reaches 92%) and `cifar10_curve.png`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,34 @@ def run_point(workdir: str) -> dict:
           "train_gflops_per_s": c["train_gflops_per_s"], "peak_fraction": c["peak_fraction"]}
 
 
+def power_law_budget(points: list[dict], goal: float = 0.92) -> dict | None:
+  """Least-squares fit of `error = a * PFLOP**b` in log space through the fast recipe's points, and
+  the training budget at which that law reaches top-1 `goal`.
+
+  Args:
+    points: `run_point` dicts (`top1`, `train_pflops`, `macs_per_image`, `steps`, `epochs`,
+      `train_gflops_per_s`); at least two distinct budgets.
+  Returns:
+    `{"exponent", "coefficient", "goal", "pflops", "epochs", "hours", "gflops_per_s", "points"}`:
+    `epochs` at the runs' images per epoch, `hours` at the fastest measured training rate; None
+    with fewer than two budgets. An extrapolation: it holds only while the slope does.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  pts = sorted(points, key=lambda r: r["train_pflops"])
+  if len({r["train_pflops"] for r in pts}) < 2:
+    return None
+  x = np.log([r["train_pflops"] for r in pts])
+  y = np.log([1.0 - r["top1"] for r in pts])
+  b, log_a = np.polyfit(x, y, 1)
+  pflops = float(np.exp((np.log(1.0 - goal) - log_a) / b))
+  last = pts[-1]
+  pflops_per_epoch = last["train_pflops"] / last["epochs"]
+  rate = max(r["train_gflops_per_s"] for r in pts if r.get("train_gflops_per_s"))
+  return {"exponent": float(b), "coefficient": float(np.exp(log_a)), "goal": goal, "pflops": pflops,
+          "epochs": pflops / pflops_per_epoch, "hours": pflops * 1e6 / rate / 3600, "gflops_per_s": rate,
+          "points": [r["name"] for r in pts]}
+
+
 def tiny_point() -> dict:
   """`checkpoints/cifar10_tiny`: its report's spike-mode accuracy at the `cpu` budget's cost."""
   from ge2ms_jax import config_utils  # pylint: disable=g-import-not-at-top
@@ -115,13 +144,19 @@ def main(argv=None) -> dict:
   p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cifar10_curve.json)")
   args = p.parse_args(argv)
   runs = [] if args.quick else [run_point(w) for w in args.run]
-  result = {"machine": common.machine(), "fast": runs, "cifar10_tiny": tiny_point(), "airbench": AIRBENCH}
+  result = {"machine": common.machine(), "fast": runs, "cifar10_tiny": tiny_point(), "airbench": AIRBENCH,
+            "fit": power_law_budget(runs)}
   print(f"{'point':<28} {'top-1':>7} {'PFLOP':>7} {'minutes':>8}  measured")
   for r in sorted(runs, key=lambda r: r["train_pflops"]) + [result["cifar10_tiny"]]:
     minutes = f"{r['seconds'] / 60:.0f}" if r.get("seconds") else ""
     print(f"{r['name']:<28} {100 * r['top1']:>6.2f}% {r['train_pflops']:>7.3f} {minutes:>8}  {r['measured']}")
   for a in AIRBENCH:
     print(f"{a['name']:<28} {100 * a['top1']:>6.2f}% {a['train_pflops']:>7.3f} {'':>8}  published, GPU, ANN")
+  fit = result["fit"]
+  if fit:
+    print(f"fit through {len(fit['points'])} budgets: error = {fit['coefficient']:.3f} x PFLOP^{fit['exponent']:.3f}; "
+          f"{100 * fit['goal']:.0f}% at {fit['pflops']:.2f} PFLOP ({fit['epochs']:.0f} epochs, {fit['hours']:.1f} h at "
+          f"{fit['gflops_per_s']:.0f} GFLOP/s)")
   if args.quick and not args.out:
     return result
   path = common.save(result, args.out, "cifar10_curve.json")

@@ -180,3 +180,20 @@ def test_ablation_benchmark_reads_the_sweeps_runs_and_shows_missing_ones(tmp_pat
   assert rows[-1]["train_pflops"] != rows[0]["train_pflops"]
   with pytest.raises(SystemExit, match="not --epochs 4"):
     cifar10_ablation.rows(str(tmp_path), 4.0)
+
+
+def test_curve_fit_recovers_a_power_law_and_its_budget():
+  # Points on error = 0.12 x PFLOP^-0.4 exactly: the fit returns that law, and the budget at which it
+  # reaches 92% is where the law says (0.08 / 0.12) ** (1 / -0.4) PFLOP, in epochs and hours at the
+  # points' own cost per epoch and fastest rate.
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import cifar10_curve  # pylint: disable=g-import-not-at-top
+  points = [{"name": f"e{e}", "epochs": float(e), "train_pflops": 0.035 * e, "top1": 1 - 0.12 * (0.035 * e) ** -0.4,
+             "train_gflops_per_s": rate} for e, rate in ((2, 90.0), (4, 120.0), (24, 100.0))]
+  fit = cifar10_curve.power_law_budget(points)
+  assert fit["exponent"] == pytest.approx(-0.4) and fit["coefficient"] == pytest.approx(0.12)
+  pflops = (0.08 / 0.12) ** (1 / -0.4)
+  assert fit["pflops"] == pytest.approx(pflops) and fit["epochs"] == pytest.approx(pflops / 0.035)
+  assert fit["hours"] == pytest.approx(pflops * 1e15 / 120e9 / 3600)
+  assert cifar10_curve.power_law_budget(points[:1]) is None
