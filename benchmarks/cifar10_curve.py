@@ -118,6 +118,12 @@ def plot(result: dict, path: str) -> None:
   if runs:
     ax.plot([r["train_pflops"] for r in runs], [100 * r["top1"] for r in runs], "o-", color="tab:blue",
             label="fast recipe (Ge²mS-T; separate runs, schedule ended at each budget; 2 CPU cores)")
+  fit = result.get("fit")
+  if fit:
+    xs = [runs[0]["train_pflops"] * (fit["pflops"] / runs[0]["train_pflops"]) ** (i / 40) for i in range(41)]
+    ax.plot(xs, [100 * (1 - fit["coefficient"] * x ** fit["exponent"]) for x in xs], ":", color="tab:blue",
+            label=f"fit error ∝ PFLOP^{fit['exponent']:.2f}: {100 * fit['goal']:.0f}% at {fit['pflops']:.1f} PFLOP "
+                  "(extrapolated)")
   t = result["cifar10_tiny"]
   ax.plot([t["train_pflops"]], [100 * t["top1"]], "s", color="tab:green", label="cifar10_tiny (cpu budget)")
   ax.plot([a["train_pflops"] for a in AIRBENCH], [100 * a["top1"] for a in AIRBENCH], "^--", color="tab:gray",
