@@ -71,8 +71,8 @@ def power_law_budget(points: list[dict], goal: float = 0.92) -> dict | None:
   the training budget at which that law reaches top-1 `goal`.
 
   Args:
-    points: `run_point` dicts (`top1`, `train_pflops`, `macs_per_image`, `steps`, `epochs`,
-      `train_gflops_per_s`); at least two distinct budgets.
+    points: `run_point` dicts (`name`, `top1`, `train_pflops`, `epochs`, `train_gflops_per_s`);
+      at least two distinct budgets.
   Returns:
     `{"exponent", "coefficient", "goal", "pflops", "epochs", "hours", "gflops_per_s", "points"}`:
     `epochs` at the runs' images per epoch, `hours` at the fastest measured training rate; None
@@ -113,6 +113,7 @@ def plot(result: dict, path: str) -> None:
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   runs = sorted(result["fast"], key=lambda r: r["train_pflops"])
   if runs:
@@ -120,7 +121,7 @@ def plot(result: dict, path: str) -> None:
             label="fast recipe (Ge²mS-T; separate runs, schedule ended at each budget; 2 CPU cores)")
   fit = result.get("fit")
   if fit:
-    xs = [runs[0]["train_pflops"] * (fit["pflops"] / runs[0]["train_pflops"]) ** (i / 40) for i in range(41)]
+    xs = np.geomspace(runs[0]["train_pflops"], fit["pflops"], 41)
     ax.plot(xs, [100 * (1 - fit["coefficient"] * x ** fit["exponent"]) for x in xs], ":", color="tab:blue",
             label=f"fit error ∝ PFLOP^{fit['exponent']:.2f}: {100 * fit['goal']:.0f}% at {fit['pflops']:.1f} PFLOP "
                   "(extrapolated)")

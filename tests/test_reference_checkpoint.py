@@ -173,7 +173,7 @@ def test_shipped_fast_cifar10_model_report_and_export():
   assert meta["notes"]["config"] == "experiments/cifar10.py:fast"
 
 
-def test_shipped_fast_sparse_model_is_within_its_operations_bound():
+def test_shipped_fast_sparse_model_is_within_its_bounds():
   # checkpoints/cifar10_fast_sparse: checkpoints/cifar10_fast fine-tuned 4 epochs with the spike-aware
   # loss, the setting experiments/sweeps/cifar10_fast_sparsity.py chose on the 5,000 held-out images
   # (its validation split), spike by spike. Its bounds: at most 0.30 operations per ANN MAC (every
