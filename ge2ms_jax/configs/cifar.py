@@ -11,10 +11,15 @@ import ml_collections
 from ge2ms_jax.configs import common
 
 
+# `fast,sparse`: the setting experiments/sweeps/cifar10_fast_sparsity.py chose (`fast_sparse_overrides`).
+FAST_SPARSE_EPOCHS = 4.0
+FAST_SPARSE_DEFAULTS = dict(target=0.29, lr=0.02, distill=0.0)
+
+
 def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
   """The CIFAR config for `dataset` ("cifar10" or "cifar100")."""
   arg = common.parse_arg(arg, variant="s", cpu=False, runlocal=False, sparse=False, fast=False,
-                         epochs=0.0, target=0.29, lr=0.02, distill=0.0)
+                         epochs=0.0, **FAST_SPARSE_DEFAULTS)
   config = common.base_config()
   config.update(common.data_config(dataset))
 
@@ -27,7 +32,7 @@ def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
   elif arg.epochs:
     raise common.ConfigError(
         "config string item `epochs` goes with `fast` (experiments/cifar10.py:fast,epochs=4).")
-  if (arg.target, arg.lr, arg.distill) != (0.29, 0.02, 0.0) and not (arg.fast and arg.sparse):
+  if any(arg[k] != v for k, v in FAST_SPARSE_DEFAULTS.items()) and not (arg.fast and arg.sparse):
     raise common.ConfigError("config string items `target`, `lr` and `distill` set the spike-aware "
                              "fine-tuning of `fast,sparse` (experiments/cifar10.py:fast,sparse,target=0.25).")
   config.model = common.model_config(arg.variant)
@@ -64,7 +69,7 @@ def cifar_config(arg, dataset: str) -> ml_collections.ConfigDict:
     if dataset != "cifar10":
       raise common.ConfigError("config string items `fast,sparse` fine-tune checkpoints/cifar10_fast, "
                                f"a CIFAR-10 model; {dataset} has no such model.")
-    common.apply_overrides(config, fast_sparse_overrides(arg.epochs or 4.0, arg.target, arg.lr,
+    common.apply_overrides(config, fast_sparse_overrides(arg.epochs or FAST_SPARSE_EPOCHS, arg.target, arg.lr,
                                                          arg.distill))
   elif arg.sparse:
     if not (arg.cpu and arg.variant == "tiny" and dataset == "cifar10"):
